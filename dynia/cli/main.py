@@ -1,0 +1,108 @@
+"""The `dynia` entry point: global options and lazily loaded command modules.
+
+Each top-level command lives in ``dynia/cli/<command>.py`` and is imported only when invoked, so
+``dynia --help`` stays fast (ansible, pydo and cloudflare load only in the commands that use them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from dynia import __version__
+from dynia.cli.context_obj import AppContext
+from dynia.errors import DyniaError
+
+# command name -> (module under dynia.cli, attribute, one-line help shown by `dynia --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "context": ("context", "context_group", "Show, set or clear the current cluster."),
+    "cluster": ("cluster", "cluster_group", "Create, list, show and delete clusters; manage nodes."),
+    "render": ("render", "render_command", "Render deploy-config/ from state and templates."),
+    "sync": ("sync", "sync_command", "Roll deploy-config/ out to the nodes, one at a time."),
+    "drift-check": ("drift_check", "drift_check_command", "Compare nodes with deploy-config/."),
+    "deploy": ("deploy", "deploy_command", "Create or update a service; optionally bind a domain."),
+    "route": ("route", "route_group", "Bind or unbind a domain to a service."),
+    "repair": ("repair", "repair_command", "Report or fix drift and broken HA."),
+    "cert": ("cert", "cert_group", "Manage the cluster's TLS certificate."),
+    "local": ("local", "local_group", "Set up and check the local provider (Docker engine, DNS)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, attribute, _ = entry
+        try:
+            module = importlib.import_module(f"dynia.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"dynia.cli.{module_name}":
+                return None
+            raise
+        return getattr(module, attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="dynia")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="DYNIA_HOME",
+    help="Dynia home holding state and keys (default ~/.dynia; env DYNIA_HOME).",
+)
+@click.option(
+    "--cluster",
+    "cluster_name",
+    metavar="NAME",
+    help="Cluster to act on; overrides the current context.",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:
+    """Dynia runs a handful of servers as one highly available cluster.
+
+    It provisions nodes, puts one Reserved IP in front of them with automatic failover,
+    routes domains to Docker Compose services and rolls changes out one node at a time.
+
+    \b
+    Example, on one machine with the local provider:
+      dynia local setup
+      dynia cluster create --name demo --nodes 3
+      dynia deploy --name web --compose web.yml --domain web.demo.test
+    """
+    ctx.obj = AppContext.from_options(home=home, cluster_name=cluster_name)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Run the CLI and turn every DyniaError into its message and exit code."""
+    try:
+        return cli.main(args=argv, prog_name="dynia", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except DyniaError as exc:
+        click.secho(f"Error: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. State keeps every completed step; re-run to resume.", err=True)
+        sys.exit(130)
