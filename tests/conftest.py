@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture plugins live beside this file."""
+
+pytest_plugins = ["fleet_fixtures"]

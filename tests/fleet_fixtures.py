@@ -1,0 +1,1 @@
+"""Fixtures that build the node image and start real local nodes (filled in with the local fleet)."""
