@@ -1,0 +1,156 @@
+"""The Docker engine the local provider runs on: a thin wrapper over the ``docker`` CLI.
+
+The CLI (not an SDK) is used on purpose: it honours ``DOCKER_HOST`` and contexts exactly as the
+operator's own shell does, and its error text is what the operator would see by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynia.errors import ProviderError
+
+SETUP_HINT = "run `sudo dynia local setup`, or start a Docker engine and check `docker info`"
+
+
+class EngineUnavailableError(ProviderError):
+    """The Docker engine does not answer (not installed, not running, wrong DOCKER_HOST)."""
+
+
+class DockerCommandError(ProviderError):
+    """A docker command answered with an error."""
+
+
+def engine_location() -> str:
+    """Where the docker CLI will look for the engine, for messages."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class Docker:
+    """Runs docker CLI commands; every failure becomes a ProviderError naming the command."""
+
+    binary: str = "docker"
+    timeout: float = 600.0
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        input_data: bytes | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [self.binary, *args]
+        try:
+            result = subprocess.run(
+                argv,
+                input=input_data,
+                capture_output=True,
+                timeout=timeout or self.timeout,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise EngineUnavailableError(
+                "the docker command is not installed", hint=SETUP_HINT
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DockerCommandError(
+                f"`docker {' '.join(args[:3])}` did not finish within {exc.timeout:.0f}s",
+                hint="check that the Docker engine is healthy (`docker info`)",
+            ) from exc
+        if check and result.returncode != 0:
+            raise self._error(args, result.stderr.decode(errors="replace").strip())
+        return result
+
+    def text(self, args: Sequence[str], **kwargs: Any) -> str:
+        return self.run(args, **kwargs).stdout.decode(errors="replace").strip()
+
+    def inspect(self, kind: str, names: Sequence[str]) -> list[dict[str, Any]]:
+        """``docker <kind> inspect``; names that do not exist are left out, not an error."""
+        if not names:
+            return []
+        result = self.run([kind, "inspect", *names], check=False)
+        if result.returncode != 0 and not result.stdout.strip():
+            stderr = result.stderr.decode(errors="replace")
+            if "No such" in stderr or "not found" in stderr:
+                return []
+            raise self._error([kind, "inspect", *names], stderr.strip())
+        return json.loads(result.stdout or b"[]")
+
+    def exists(self, kind: str, name: str) -> bool:
+        return bool(self.inspect(kind, [name]))
+
+    def ping(self, timeout: float = 10.0) -> str:
+        """The engine's server version; EngineUnavailableError when it does not answer."""
+        try:
+            result = self.run(
+                ["version", "--format", "{{.Server.Version}}"], check=False, timeout=timeout
+            )
+        except DockerCommandError as exc:
+            raise EngineUnavailableError(
+                f"the Docker engine at {engine_location()} does not answer", hint=SETUP_HINT
+            ) from exc
+        version = result.stdout.decode(errors="replace").strip()
+        if result.returncode != 0 or not version:
+            detail = result.stderr.decode(errors="replace").strip().splitlines()
+            raise EngineUnavailableError(
+                f"the Docker engine at {engine_location()} does not answer"
+                + (f": {detail[-1]}" if detail else ""),
+                hint=SETUP_HINT,
+            )
+        return version
+
+    def _error(self, args: Sequence[str], stderr: str) -> ProviderError:
+        if "Cannot connect to the Docker daemon" in stderr or "connect: " in stderr:
+            return EngineUnavailableError(
+                f"the Docker engine at {engine_location()} does not answer", hint=SETUP_HINT
+            )
+        shown = " ".join(args[:4])
+        return DockerCommandError(
+            f"`docker {shown}` failed: {stderr or 'no error output'}",
+            hint="see the message above; `docker info` shows the engine's health",
+        )
+
+
+def wait_for_engine(docker: Docker, timeout: float, interval: float = 0.5) -> str:
+    """Poll until the engine answers; returns its version or raises EngineUnavailableError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return docker.ping(timeout=5)
+        except EngineUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(interval)
+
+
+def start_dockerd(log_file: Path, extra_flags: Sequence[str] = ()) -> int:
+    """Start dockerd detached from this process (own session), logging to ``log_file``.
+
+    ``--iptables=false --bridge=none`` are the flags known to work in containers and CI machines
+    where the engine may not touch the host firewall; nodes use their own user-defined networks.
+    """
+    binary = shutil.which("dockerd")
+    if binary is None:
+        raise EngineUnavailableError(
+            "dockerd is not installed", hint="install it: `apt-get install docker.io`"
+        )
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [binary, "--iptables=false", "--bridge=none", *extra_flags],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    return process.pid

@@ -1,0 +1,413 @@
+"""The local NodeProvider: each node a systemd container on a per-cluster Docker network.
+
+Nodes boot the node image (``image.py``), get their own SSH host keys at first boot, and are
+reachable from the host at their address on the cluster network. Everything the provider makes
+carries ``dynia.*`` labels and a ``dynia-<cluster>`` name prefix, so it can be found and removed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from dynia.errors import ProviderError, UsageError
+from dynia.paths import HomeLayout, resolve_home
+from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
+from dynia.providers.local.engine import Docker, DockerCommandError, engine_location
+from dynia.providers.local.image import ensure_node_image
+from dynia.ssh import SshError, key_body, run_ssh, write_known_hosts
+
+LABEL_MANAGED = "dynia.managed"
+LABEL_CLUSTER = "dynia.cluster"
+LABEL_NODE = "dynia.node"
+LABEL_KIND = "dynia.kind"
+NODE_INTERFACE = "eth0"
+RESERVED_IP_HOST = 250  # host part of the Reserved IP, outside the range containers get
+SUBNET_POOLS = ("10.213.0.0/16", "172.29.0.0/16", "192.168.224.0/19")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,46}[a-z0-9]$|^[a-z0-9]$")
+
+# What boots systemd in a container where --privileged is refused (the engine itself lacks
+# CAP_SYS_RESOURCE): every capability but that one, no confinement, all devices.
+UNPRIVILEGED_FLAGS = (
+    "--cap-add=ALL",
+    "--cap-drop=SYS_RESOURCE",
+    "--security-opt=seccomp=unconfined",
+    "--security-opt=apparmor=unconfined",
+    "--security-opt=systempaths=unconfined",
+    "--device-cgroup-rule=a *:* rwm",
+)
+COMMON_RUN_FLAGS = (
+    "--cgroupns=private",
+    "--tmpfs=/run",
+    "--tmpfs=/run/lock",
+    "--stop-signal=SIGRTMIN+3",
+    # Never "unless-stopped"/"always": a restarted engine must not resurrect leftover nodes.
+    "--restart=no",
+)
+
+
+def network_name(cluster: str) -> str:
+    return f"dynia-{cluster}"
+
+
+def container_name(cluster: str, node: str) -> str:
+    return f"dynia-{cluster}-{node}"
+
+
+def volume_name(cluster: str, node: str) -> str:
+    return f"dynia-{cluster}-{node}-docker"
+
+
+def check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise UsageError(
+            f"invalid {kind} name {value!r}",
+            hint="use lowercase letters, digits and dashes (at most 48 characters)",
+        )
+    return value
+
+
+class LocalNodeProvider:
+    """NodeProvider on the local Docker engine.
+
+    The Reserved IP is an address of the cluster network (host part .250, outside the range
+    Docker hands to containers) that keepalived on the MASTER node carries as a VRRP
+    ``virtual_ipaddress``. Moving it is VRRP's job, so attach and detach need no API call: the
+    address follows whichever node keepalived elects, and the host reaches it over the bridge.
+    """
+
+    name = "local"
+    reserved_ip_mode: Literal["vrrp", "api"] = "vrrp"
+    default_vrrp_advert_int = 0.5
+    _run_mode_cache: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(
+        self,
+        *,
+        docker: Docker | None = None,
+        image: str | None = None,
+        home: Path | None = None,
+        private_key_for: Callable[[str], Path | None] | None = None,
+        ready_timeout: float = 90.0,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """``private_key_for(cluster)`` names the private key matching the public key in the
+        node spec; with it, readiness means a real key-based login. It defaults to the cluster
+        key under the dynia home."""
+        self.docker = docker or Docker()
+        self._image = image
+        self._home = home
+        self._private_key_for = private_key_for or self._home_key
+        self.ready_timeout = ready_timeout
+        self._progress = progress or (lambda _message: None)
+
+    # -- network ---------------------------------------------------------------------------
+
+    def ensure_network(self, cluster: str) -> NetworkInfo:
+        check_name("cluster", cluster)
+        name = network_name(cluster)
+        found = self.docker.inspect("network", [name])
+        if found:
+            return _network_info(found[0])
+        for subnet in self._free_subnets():
+            try:
+                self._create_network(cluster, subnet)
+            except DockerCommandError as exc:
+                if "overlap" in exc.message:  # another cluster took it meanwhile: next one
+                    continue
+                if "already exists" not in exc.message:
+                    raise
+            return _network_info(self.docker.inspect("network", [name])[0])
+        raise ProviderError(
+            f"no free /24 left for the network of cluster {cluster!r}",
+            hint="delete unused Docker networks (`docker network ls`) and retry",
+        )
+
+    def delete_network(self, cluster: str) -> None:
+        """Remove the cluster's network, and first any of its nodes still on it."""
+        for node in self.list_nodes(cluster):
+            self.delete_node(cluster, node.provider_id)
+        name = network_name(check_name("cluster", cluster))
+        if self.docker.exists("network", name):
+            self.docker.run(["network", "rm", name])
+
+    def _create_network(self, cluster: str, subnet: ipaddress.IPv4Network) -> None:
+        containers = next(iter(subnet.subnets(new_prefix=subnet.prefixlen + 1)))
+        self.docker.run(
+            [
+                "network",
+                "create",
+                "--driver=bridge",
+                f"--subnet={subnet}",
+                f"--gateway={subnet.network_address + 1}",
+                f"--ip-range={containers}",
+                *self._labels(cluster, "network"),
+                network_name(cluster),
+            ]
+        )
+
+    def _free_subnets(self) -> list[ipaddress.IPv4Network]:
+        taken = self._docker_subnets() + _host_networks()
+        free = []
+        for pool in SUBNET_POOLS:
+            for candidate in ipaddress.ip_network(pool).subnets(new_prefix=24):
+                if not any(candidate.overlaps(used) for used in taken):
+                    free.append(candidate)
+                if len(free) >= 8:
+                    return free
+        return free
+
+    def _docker_subnets(self) -> list[ipaddress.IPv4Network]:
+        ids = self.docker.text(["network", "ls", "-q"]).split()
+        subnets = []
+        for network in self.docker.inspect("network", ids):
+            for config in (network.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet") and ":" not in config["Subnet"]:
+                    subnets.append(ipaddress.ip_network(config["Subnet"], strict=False))
+        return subnets
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def create_node(self, spec: NodeSpec) -> ProvisionedNode:
+        check_name("node", spec.name)
+        network = self.ensure_network(spec.cluster)
+        name = container_name(spec.cluster, spec.name)
+        existing = self.docker.inspect("container", [name])
+        if existing:
+            if not existing[0]["State"]["Running"]:
+                self.docker.run(["start", name])
+            return self._wait_ready(spec, name, network)
+        image = self._image or ensure_node_image(docker=self.docker, progress=self._progress).tag
+        try:
+            self._run_container(spec, name, network, image)
+            self._authorize(name, spec.ssh_public_key)
+            return self._wait_ready(spec, name, network)
+        except BaseException:
+            # Nothing half-made survives: a rerun must find a clean slate, not a broken node.
+            self._remove_node_resources(spec.cluster, spec.name)
+            raise
+
+    def list_nodes(self, cluster: str) -> list[ProvisionedNode]:
+        names = self.docker.text(
+            [
+                "ps",
+                "-a",
+                "--filter",
+                f"label={LABEL_CLUSTER}={cluster}",
+                "--filter",
+                f"label={LABEL_KIND}=node",
+                "--format",
+                "{{.Names}}",
+            ]
+        ).split()
+        containers = self.docker.inspect("container", sorted(names))
+        return [self._provisioned(c, network_name(cluster)) for c in containers]
+
+    def delete_node(self, cluster: str, provider_id: str) -> None:
+        found = self.docker.inspect("container", [provider_id])
+        if not found:
+            return
+        labels = found[0]["Config"].get("Labels") or {}
+        if labels.get(LABEL_CLUSTER) != cluster or labels.get(LABEL_KIND) != "node":
+            raise ProviderError(
+                f"{provider_id} is not a node of cluster {cluster!r}; refusing to delete it",
+                hint="check the node id in `dynia cluster show`",
+            )
+        self._remove_node_resources(cluster, labels[LABEL_NODE])
+
+    def _remove_node_resources(self, cluster: str, node: str) -> None:
+        self.docker.run(["rm", "-f", "-v", container_name(cluster, node)], check=False)
+        self.docker.run(["volume", "rm", "-f", volume_name(cluster, node)], check=False)
+
+    def _run_container(self, spec: NodeSpec, name: str, network: NetworkInfo, image: str) -> None:
+        volume = volume_name(spec.cluster, spec.name)
+        self.docker.run(["volume", "create", *self._labels(spec.cluster, "volume"), volume])
+        self.docker.run(
+            [
+                "run",
+                "--detach",
+                f"--name={name}",
+                f"--hostname={spec.name}",
+                f"--network={network.name}",
+                f"--volume={volume}:/var/lib/docker",
+                *self._labels(spec.cluster, "node"),
+                f"--label={LABEL_NODE}={spec.name}",
+                *COMMON_RUN_FLAGS,
+                *self._run_mode(image),
+                image,
+            ]
+        )
+
+    def _run_mode(self, image: str) -> tuple[str, ...]:
+        """``--privileged`` where the engine allows it, else the capability set that works."""
+        key = engine_location()
+        if key not in self._run_mode_cache:
+            probe = self.docker.run(
+                ["run", "--rm", "--privileged", "--network=none", "--entrypoint=/bin/true", image],
+                check=False,
+                timeout=60,
+            )
+            privileged = ("--privileged",)
+            self._run_mode_cache[key] = privileged if probe.returncode == 0 else UNPRIVILEGED_FLAGS
+        return self._run_mode_cache[key]
+
+    def _authorize(self, name: str, public_key: str) -> None:
+        script = "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys"
+        line = public_key.strip() + "\n"
+        self.docker.run(["exec", "-i", name, "sh", "-c", script], input_data=line.encode())
+
+    def _wait_ready(self, spec: NodeSpec, name: str, network: NetworkInfo) -> ProvisionedNode:
+        deadline = time.monotonic() + self.ready_timeout
+        problem = "the container did not start"
+        while True:
+            found = self.docker.inspect("container", [name])
+            if not found or not found[0]["State"]["Running"]:
+                problem = "the container stopped"
+                break
+            node = self._provisioned(found[0], network.name)
+            problem = self._login_problem(spec, node)
+            if problem is None:
+                return node
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        raise ProviderError(
+            f"node {spec.name!r} of cluster {spec.cluster!r} did not become SSH-ready within "
+            f"{self.ready_timeout:g}s: {problem}",
+            hint=f"see `docker logs {name}`; the node was removed, rerun to try again",
+        )
+
+    def _login_problem(self, spec: NodeSpec, node: ProvisionedNode) -> str | None:
+        """None when a key-based login works, else what is still missing."""
+        if not node.private_ip:
+            return "no address on the cluster network yet"
+        if not node.host_keys:
+            return "the node has not generated its SSH host keys yet"
+        key = self._matching_private_key(spec)
+        if key is None:
+            return None if _ssh_banner(node.private_ip) else "sshd does not answer on port 22"
+        with tempfile.TemporaryDirectory(prefix="dynia-ready-") as tmp:
+            known_hosts = Path(tmp) / "known_hosts"
+            write_known_hosts(known_hosts, {node.private_ip: node.host_keys})
+            try:
+                run_ssh(node.private_ip, key, known_hosts, "true", timeout=10)
+            except SshError as exc:
+                return exc.message
+        return None
+
+    def _matching_private_key(self, spec: NodeSpec) -> Path | None:
+        key = self._private_key_for(spec.cluster)
+        if key is None or not key.exists():
+            return None
+        public = key.with_name(key.name + ".pub")
+        if public.exists() and key_body(public.read_text()) == key_body(spec.ssh_public_key):
+            return key
+        return None
+
+    def _home_key(self, cluster: str) -> Path:
+        return HomeLayout(resolve_home(self._home)).ssh_private_key(cluster)
+
+    def _provisioned(self, container: dict[str, Any], network: str) -> ProvisionedNode:
+        labels = container["Config"].get("Labels") or {}
+        networks = container["NetworkSettings"].get("Networks") or {}
+        address = (networks.get(network) or {}).get("IPAddress") or ""
+        running = container["State"]["Running"]
+        return ProvisionedNode(
+            name=labels.get(LABEL_NODE, container["Name"].lstrip("/")),
+            provider_id=container["Name"].lstrip("/"),
+            public_ip=address,
+            private_ip=address,
+            host_keys=self.read_host_keys(container["Name"].lstrip("/")) if running else [],
+        )
+
+    def read_host_keys(self, name: str) -> list[str]:
+        """The node's SSH host public keys, read out-of-band through the engine."""
+        result = self.docker.run(
+            ["exec", name, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null"], check=False
+        )
+        lines = result.stdout.decode(errors="replace").splitlines()
+        return sorted(key_body(line) for line in lines if line.strip())
+
+    # -- Reserved IP -----------------------------------------------------------------------
+
+    def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo:
+        """The cluster's Reserved IP: always the .250 of its network, so asking twice is safe."""
+        network = self.ensure_network(cluster)
+        subnet = ipaddress.ip_network(network.subnet)
+        address = str(subnet.network_address + RESERVED_IP_HOST)
+        return ReservedIpInfo(address=address, provider_id=f"vrrp:{network.name}:{address}")
+
+    def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
+        """Nothing to do: keepalived's election decides which node carries the address."""
+
+    def detach_reserved_ip(self, ip: ReservedIpInfo) -> None:
+        """Nothing to do: the address leaves a node when keepalived there stops being MASTER."""
+
+    def release_reserved_ip(self, cluster: str, ip: ReservedIpInfo) -> None:
+        """Nothing is held outside the network: the address is forgotten with it."""
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _labels(cluster: str, kind: str) -> list[str]:
+        return [
+            f"--label={LABEL_MANAGED}=true",
+            f"--label={LABEL_CLUSTER}={cluster}",
+            f"--label={LABEL_KIND}={kind}",
+        ]
+
+
+def _network_info(network: dict[str, Any]) -> NetworkInfo:
+    config = ((network.get("IPAM") or {}).get("Config") or [{}])[0]
+    return NetworkInfo(
+        name=network["Name"],
+        subnet=config.get("Subnet", ""),
+        interface=NODE_INTERFACE,
+        gateway=config.get("Gateway"),
+    )
+
+
+def _host_networks() -> list[ipaddress.IPv4Network]:
+    """Networks the host already routes or sits on: a cluster network must not shadow them."""
+    networks = []
+    for argv in (["ip", "-j", "-4", "route", "show", "table", "all"], ["ip", "-j", "-4", "addr"]):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        try:
+            entries = json.loads(result.stdout or "[]")
+        except json.JSONDecodeError:
+            continue
+        for entry in entries:
+            networks.extend(_entry_networks(entry))
+    return networks
+
+
+def _entry_networks(entry: dict[str, Any]) -> list[ipaddress.IPv4Network]:
+    raw = [entry.get("dst")]
+    raw += [f"{a['local']}/{a['prefixlen']}" for a in entry.get("addr_info", []) if "local" in a]
+    found = []
+    for value in raw:
+        if not value or value == "default" or ":" in value:
+            continue
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            continue
+        if network.prefixlen > 0 and not network.is_loopback:
+            found.append(network)
+    return found
+
+
+def _ssh_banner(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=2) as connection:
+            return connection.recv(16).startswith(b"SSH-")
+    except OSError:
+        return False
