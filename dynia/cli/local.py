@@ -1,0 +1,36 @@
+"""`dynia local doctor` and `dynia local setup`: the machine the local provider runs on."""
+
+from __future__ import annotations
+
+import click
+
+from dynia.services import local_setup
+
+
+@click.group("local")
+def local_group() -> None:
+    """Set up and check the local provider (Docker engine, node image, DNS server)."""
+
+
+@local_group.command("doctor")
+@click.pass_context
+def doctor_command(ctx: click.Context) -> None:
+    """Check the Docker engine, the node image, debootstrap and the DNS server."""
+    checks = local_setup.doctor()
+    for check in checks:
+        mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark} {check.name}: {check.detail}")
+        if check.fix and not check.ok:
+            click.echo(f"     fix: {check.fix}")
+    if not all(check.ok for check in checks):
+        ctx.exit(1)
+
+
+@local_group.command("setup")
+@click.option("--no-image", is_flag=True, help="Do not build the node image.")
+def setup_command(no_image: bool) -> None:
+    """Install and start what the local provider needs (as root on Debian/Ubuntu).
+
+    Safe to run again: what is already there is kept.
+    """
+    local_setup.setup(progress=click.echo, build_image=not no_image)
