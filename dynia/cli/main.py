@@ -19,7 +19,11 @@ from dynia.errors import DyniaError
 # command name -> (module under dynia.cli, attribute, one-line help shown by `dynia --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "context": ("context", "context_group", "Show, set or clear the current cluster."),
-    "cluster": ("cluster", "cluster_group", "Create, list, show and delete clusters; manage nodes."),
+    "cluster": (
+        "cluster",
+        "cluster_group",
+        "Create, list, show and delete clusters; manage nodes.",
+    ),
     "render": ("render", "render_command", "Render deploy-config/ from state and templates."),
     "sync": ("sync", "sync_command", "Roll deploy-config/ out to the nodes, one at a time."),
     "drift-check": ("drift_check", "drift_check_command", "Compare nodes with deploy-config/."),

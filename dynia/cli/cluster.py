@@ -1,0 +1,199 @@
+"""`dynia cluster create|list|show|delete` and `dynia cluster node add|remove|activate`."""
+
+from __future__ import annotations
+
+import click
+
+from dynia.cli.context_obj import AppContext
+from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
+from dynia.services import cluster_ops
+from dynia.services.cluster_create import CreateRequest, create_cluster
+from dynia.services.clusters import cluster_details, cluster_summary, selected_cluster
+from dynia.services.config import load_defaults
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Create, list, show and delete clusters; add, remove and activate nodes.
+
+    \b
+    Example:
+      dynia cluster create --name prod --nodes 3
+      dynia cluster show
+      dynia cluster node activate misty-owl
+    """
+
+
+@cluster_group.command("create")
+@click.option("--name", required=True, help="Cluster name (a-z, 0-9, '-').")
+@click.option("--nodes", type=int, default=3, show_default=True, help="How many nodes.")
+@click.option("--region", help="Provider region (default from config; 'local' for local).")
+@click.option("--size", help="Node size, e.g. s-1vcpu-1gb on DigitalOcean.")
+@click.option("--node-provider", help="local or digitalocean (default from config: local).")
+@click.option("--dns-provider", help="local or cloudflare (default from config: local).")
+@click.option(
+    "--plan-only", is_flag=True, help="Only record the planned cluster; provision nothing yet."
+)
+@click.pass_obj
+def create_command(
+    app: AppContext,
+    name: str,
+    nodes: int,
+    region: str | None,
+    size: str | None,
+    node_provider: str | None,
+    dns_provider: str | None,
+    plan_only: bool,
+) -> None:
+    """Provision nodes and the infra layer (HAProxy, Caddy, keepalived); no app, no DNS yet.
+
+    Creates the nodes, allocates the Reserved IP, renders and rolls out the infra configs,
+    puts the Reserved IP on the MASTER and makes the cluster current. Interrupted at any point,
+    the same command resumes from the last completed step without duplicating anything.
+
+    \b
+    Example:
+      dynia cluster create --name demo --nodes 3
+      dynia cluster create --name prod --nodes 3 --node-provider digitalocean \\
+          --dns-provider cloudflare --region fra1 --size s-1vcpu-2gb
+    """
+    defaults = load_defaults(app.layout)
+    request = CreateRequest(
+        name=name,
+        nodes=nodes,
+        region=region or defaults.region,
+        size=size or defaults.size,
+        node_provider=node_provider or defaults.node_provider,
+        dns_provider=dns_provider or defaults.dns_provider,
+        plan_only=plan_only,
+    )
+    create_cluster(app.layout, store_of(app), request, progress_line, event_sink())
+
+
+@cluster_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_OPTION_HELP)
+@click.pass_obj
+def list_command(app: AppContext, as_json: bool) -> None:
+    """List clusters in state.
+
+    JSON: {"clusters": [{"name", "current", "status", "node_provider", "dns_provider",
+    "region", "nodes", "services", "reserved_ip"}]}
+    """
+    state = store_of(app).load()
+    rows = [cluster_summary(c, state.current_cluster) for _, c in sorted(state.clusters.items())]
+    if as_json:
+        emit_json({"clusters": rows})
+        return
+    if not rows:
+        click.echo("No clusters. Create one with `dynia cluster create --name NAME`.")
+    for row in rows:
+        marker = "*" if row["current"] else " "
+        click.echo(
+            f"{marker} {row['name']:<20} {row['status']:<12} {row['nodes']} node(s)  "
+            f"{row['reserved_ip'] or '-':<16} {row['node_provider']}/{row['dns_provider']}"
+        )
+
+
+@cluster_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help=JSON_OPTION_HELP)
+@click.pass_obj
+def show_command(app: AppContext, as_json: bool) -> None:
+    """Show a cluster: nodes and roles, Reserved IP, services and routes.
+
+    JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name, role,
+    priority, status, public_ip, private_ip, provider_id), "services" (name, internal_port,
+    health_path, images) and "routes" (domain, service, dns).
+    """
+    state = store_of(app).load()
+    cluster = selected_cluster(state, app.cluster_option)
+    details = cluster_details(cluster, state.current_cluster)
+    if as_json:
+        emit_json(details)
+        return
+    click.echo(f"Cluster {details['name']} ({details['status']})")
+    click.echo(f"  providers:   {details['node_provider']} / {details['dns_provider']}")
+    click.echo(f"  reserved IP: {details['reserved_ip'] or '-'}")
+    click.echo("  nodes:")
+    for node in details["nodes"]:
+        click.echo(
+            f"    {node['name']:<16} {node['role']:<7} priority {node['priority']:<4} "
+            f"{node['status']:<13} {node['private_ip'] or '-'}"
+        )
+    click.echo("  services:")
+    for service in details["services"]:
+        click.echo(f"    {service['name']:<16} port {service['internal_port']}")
+    click.echo("  routes:")
+    for route in details["routes"]:
+        click.echo(f"    {route['domain']} -> {route['service']}")
+
+
+@cluster_group.command("delete")
+@click.option("--name", help="Cluster to delete (default: --cluster or the current cluster).")
+@click.option("--purge-volumes", is_flag=True, help="Also delete the services' Docker volumes.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def delete_command(app: AppContext, name: str | None, purge_volumes: bool, yes: bool) -> None:
+    """Tear a cluster down: DNS records, services, Reserved IP, nodes, state entry.
+
+    \b
+    Example:
+      dynia cluster delete --name demo --yes
+    """
+    store = store_of(app)
+    cluster = selected_cluster(store.load(), name or app.cluster_option)
+    if not yes:
+        click.confirm(
+            f"Delete cluster {cluster.name} with {len(cluster.nodes)} node(s), "
+            f"{len(cluster.routes)} DNS record(s) and its Reserved IP?",
+            abort=True,
+        )
+    cluster_ops.delete_cluster(
+        app.layout, store, cluster.name, purge_volumes, progress_line, event_sink()
+    )
+    click.echo(f"Deleted cluster {cluster.name}.")
+
+
+@cluster_group.group("node")
+def node_group() -> None:
+    """Grow, shrink or steer the cluster's nodes."""
+
+
+@node_group.command("add")
+@click.pass_obj
+def node_add_command(app: AppContext) -> None:
+    """Add one node: create it, render, and roll out so every peer knows it.
+
+    Example: dynia cluster node add
+    """
+    node = cluster_ops.add_node(
+        app.layout, store_of(app), app.cluster_option, progress_line, event_sink()
+    )
+    click.echo(f"Added node {node.name} ({node.private_ip}).")
+
+
+@node_group.command("remove")
+@click.argument("node")
+@click.pass_obj
+def node_remove_command(app: AppContext, node: str) -> None:
+    """Drain NODE, move the MASTER role away if it holds it, delete it.
+
+    Example: dynia cluster node remove misty-owl
+    """
+    cluster_ops.remove_node(
+        app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
+    )
+    click.echo(f"Removed node {node}.")
+
+
+@node_group.command("activate")
+@click.argument("node")
+@click.pass_obj
+def node_activate_command(app: AppContext, node: str) -> None:
+    """Make NODE the MASTER: health-check it, raise its priority, verify the Reserved IP.
+
+    Example: dynia cluster node activate quiet-fox
+    """
+    answered = cluster_ops.activate_node(
+        app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
+    )
+    click.echo(f"{node} is MASTER; the Reserved IP answers: {answered}")

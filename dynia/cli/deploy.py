@@ -1,0 +1,60 @@
+"""`dynia deploy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dynia.cli.context_obj import AppContext
+from dynia.cli.output import event_sink, progress_line, store_of, warn
+from dynia.services.deploy import DeployRequest, deploy_service
+
+
+@click.command("deploy")
+@click.option("--name", required=True, help="Service name (a-z, 0-9, '-').")
+@click.option(
+    "--compose",
+    "compose_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Docker Compose file of the service.",
+)
+@click.option("--domain", help="Bind this domain to the service (creates the DNS record).")
+@click.option(
+    "--health-path", default="/", show_default=True, help="Path that answers 2xx when healthy."
+)
+@click.option(
+    "--port",
+    "container_port",
+    type=int,
+    help="Port the service listens on inside "
+    "its container (default: from the compose file's ports/expose).",
+)
+@click.pass_obj
+def deploy_command(
+    app: AppContext,
+    name: str,
+    compose_path: Path,
+    domain: str | None,
+    health_path: str,
+    container_port: int | None,
+) -> None:
+    """Create or update a service on every node, one node at a time; optionally bind a domain.
+
+    Images that exist only on this machine are copied to the nodes that lack them. Each node
+    is drained, updated and health-checked before the next; a failed check restores that node
+    and stops the roll. With --domain, the DNS record to the Reserved IP is created after the
+    rollout and the route is verified end to end (DNS, TLS, health path).
+
+    \b
+    Example:
+      dynia deploy --name web --compose web.yml --domain web.example.com --health-path /healthz
+    """
+    request = DeployRequest(name, compose_path, domain, health_path, container_port)
+    outcome = deploy_service(
+        app.layout, store_of(app), app.cluster_option, request, progress_line, event_sink()
+    )
+    for message in outcome.warnings:
+        warn(message)
+    click.echo(f"Deployed {outcome.service}.")

@@ -1,0 +1,37 @@
+"""`dynia repair --check-only | --force`."""
+
+from __future__ import annotations
+
+import click
+
+from dynia.cli.context_obj import AppContext
+from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
+from dynia.services import operate
+
+
+@click.command("repair")
+@click.option("--check-only", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--force", is_flag=True, help="Re-render, resync, restart, re-attach the IP.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_OPTION_HELP + " (with --check-only)")
+@click.pass_obj
+def repair_command(app: AppContext, check_only: bool, force: bool, as_json: bool) -> None:
+    """Report or fix drift and broken HA.
+
+    \b
+    Example:
+      dynia repair --check-only
+      dynia repair --force
+    """
+    if check_only == force:
+        raise click.UsageError("give exactly one of --check-only or --force")
+    store = store_of(app)
+    if check_only:
+        plan = operate.plan_repair(app.layout, store, app.cluster_option)
+        if as_json:
+            emit_json({"actions": plan.actions, "drift": plan.drift.to_dict()})
+        else:
+            for action in plan.actions or ["nothing to repair"]:
+                click.echo(f"- {action}")
+        return
+    report = operate.repair(app.layout, store, app.cluster_option, progress_line, event_sink())
+    click.echo("Repaired." if report.clean else "Repaired, but drift remains; see drift-check.")

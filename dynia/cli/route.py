@@ -1,0 +1,49 @@
+"""`dynia route bind | unbind`."""
+
+from __future__ import annotations
+
+import click
+
+from dynia.cli.context_obj import AppContext
+from dynia.cli.output import event_sink, progress_line, store_of, warn
+from dynia.services.deploy import bind_route, unbind_route
+
+
+@click.group("route")
+def route_group() -> None:
+    """Bind or unbind a domain to a service, DNS record included.
+
+    \b
+    Example:
+      dynia route bind --domain shop.example.com --service web
+      dynia route unbind --domain shop.example.com
+    """
+
+
+@route_group.command("bind")
+@click.option("--domain", required=True, help="Fully qualified domain to route.")
+@click.option("--service", required=True, help="Service that receives the traffic.")
+@click.pass_obj
+def bind_command(app: AppContext, domain: str, service: str) -> None:
+    """Route DOMAIN to SERVICE: render, sync, create the DNS record, verify."""
+    warnings = bind_route(
+        app.layout,
+        store_of(app),
+        app.cluster_option,
+        domain,
+        service,
+        progress_line,
+        event_sink(),
+    )
+    for message in warnings:
+        warn(message)
+    click.echo(f"Bound {domain} -> {service}.")
+
+
+@route_group.command("unbind")
+@click.option("--domain", required=True, help="Domain to stop routing.")
+@click.pass_obj
+def unbind_command(app: AppContext, domain: str) -> None:
+    """Delete DOMAIN's DNS record, then remove its route from every node."""
+    unbind_route(app.layout, store_of(app), app.cluster_option, domain, progress_line, event_sink())
+    click.echo(f"Unbound {domain}.")

@@ -1,0 +1,1 @@
+"""Rendering: state + templates -> the deploy-config/ artifact."""

@@ -1,0 +1,298 @@
+"""state + templates -> deploy-config/<cluster>/ with its manifest (metadata.json).
+
+The folder is built in a temporary sibling and swapped in, so a failed render leaves the previous
+artifact untouched. Nothing in a hashed file depends on time or on dict order: the same state gives
+a byte-identical folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from dynia.errors import RenderError
+from dynia.paths import HomeLayout, shipped_dir
+from dynia.providers import node_provider_traits
+from dynia.render import variables
+from dynia.render.compose import node_compose, parse_compose
+from dynia.state.models import Cluster
+
+MANIFEST_SCHEMA = 1
+SERVICES_ROOT = "/opt/dynia/services"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    source: str  # path inside deploy-config/<cluster>/
+    target: str  # path on the node
+    content: bytes
+    component: str
+    nodes: tuple[str, ...]
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "mode": self.mode,
+            "owner": self.owner,
+            "group": self.group,
+            "sha256": hashlib.sha256(self.content).hexdigest(),
+            "component": self.component,
+            "nodes": list(self.nodes),
+        }
+
+
+@dataclass
+class RenderResult:
+    directory: Path
+    files: list[RenderedFile] = field(default_factory=list)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "metadata.json"
+
+
+def _environment(search_path: list[Path]) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _render(env: jinja2.Environment, template: str, context: dict[str, Any]) -> bytes:
+    try:
+        return env.get_template(template).render(**context).encode()
+    except jinja2.UndefinedError as exc:
+        raise RenderError(
+            f"template {template} uses an undefined variable: {exc.message}",
+            hint="the template and the variables Dynia computes disagree; "
+            "check the role's documented variables",
+        ) from exc
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {template} failed to render: {exc}") from exc
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+class Renderer:
+    """Renders one cluster's deploy-config."""
+
+    def __init__(self, layout: HomeLayout) -> None:
+        self.layout = layout
+        self.roles_dir = shipped_dir("roles")
+        self.templates_dir = shipped_dir("templates")
+        self.env = _environment([self.roles_dir, self.templates_dir])
+
+    def node_files(self, cluster: Cluster) -> list[RenderedFile]:
+        """Every file that goes to nodes, sorted by (target, source)."""
+        nodes = tuple(sorted(cluster.nodes))
+        cert = self.layout.tls_dir(cluster.name) / "cluster.pem"
+        with_tls = cert.is_file()
+        files = [
+            RenderedFile(
+                "haproxy/haproxy.cfg",
+                "/etc/haproxy/haproxy.cfg",
+                _render(
+                    self.env,
+                    "haproxy/templates/haproxy.cfg.j2",
+                    variables.haproxy_vars(cluster, with_tls),
+                ),
+                "haproxy",
+                nodes,
+            ),
+            RenderedFile(
+                "caddy/Caddyfile",
+                "/etc/caddy/Caddyfile",
+                _render(self.env, "caddy/templates/Caddyfile.j2", variables.caddy_vars(cluster)),
+                "caddy",
+                nodes,
+            ),
+        ]
+        if with_tls:
+            files.append(
+                RenderedFile(
+                    "haproxy/certs/cluster.pem",
+                    variables.HAPROXY_CERT_TARGET,
+                    cert.read_bytes(),
+                    "haproxy",
+                    nodes,
+                    mode="0600",
+                )
+            )
+        files.extend(self._keepalived_files(cluster))
+        files.extend(self._service_files(cluster, nodes))
+        return sorted(files, key=lambda f: (f.target, f.source))
+
+    def _keepalived_files(self, cluster: Cluster) -> list[RenderedFile]:
+        if not cluster.nodes:
+            return []
+        mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
+        return [
+            RenderedFile(
+                f"keepalived/{node.name}.conf",
+                "/etc/keepalived/keepalived.conf",
+                _render(
+                    self.env,
+                    "keepalived/templates/keepalived.conf.j2",
+                    variables.keepalived_vars(cluster, node, mode),
+                ),
+                "keepalived",
+                (node.name,),
+            )
+            for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
+        ]
+
+    def _service_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
+        files = []
+        for name, service in sorted(cluster.services.items()):
+            document = parse_compose(service.compose, f"compose of service {name!r}")
+            content = node_compose(
+                document, service.main_service, service.internal_port, service.container_port
+            )
+            files.append(
+                RenderedFile(
+                    f"services/{name}/docker-compose.yml",
+                    f"{SERVICES_ROOT}/{name}/docker-compose.yml",
+                    content.encode(),
+                    f"service:{name}",
+                    nodes,
+                )
+            )
+        return files
+
+    def components(self, cluster: Cluster) -> dict[str, dict[str, str]]:
+        components: dict[str, dict[str, str]] = {
+            unit: {"action": "reload", "unit": unit} for unit in ("haproxy", "caddy", "keepalived")
+        }
+        for name, service in sorted(cluster.services.items()):
+            components[f"service:{name}"] = {
+                "action": "compose-up",
+                "project": f"dynia-{name}",
+                "directory": f"{SERVICES_ROOT}/{name}",
+                "health_url": f"http://127.0.0.1:{service.internal_port}{service.health_path}",
+            }
+        return components
+
+    def manifest(self, cluster: Cluster, files: list[RenderedFile]) -> dict[str, Any]:
+        settings = cluster.settings
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "cluster": cluster.name,
+            "files": [f.manifest_entry() for f in files],
+            "components": self.components(cluster),
+            "health": {"url": f"http://127.0.0.1:{settings.caddy_port}{settings.health_path}"},
+            "drain": {
+                "backend": variables.HAPROXY_BACKEND,
+                "socket": variables.HAPROXY_ADMIN_SOCKET,
+            },
+        }
+
+    def cluster_metadata(self, cluster: Cluster) -> dict[str, Any]:
+        return {
+            "cluster": cluster.name,
+            "node_provider": cluster.node_provider,
+            "dns_provider": cluster.dns_provider,
+            "region": cluster.region,
+            "size": cluster.size,
+            "reserved_ip": cluster.reserved_ip.address if cluster.reserved_ip else None,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "public_ip": n.public_ip,
+                    "private_ip": n.private_ip,
+                    "priority": n.priority,
+                    "role": cluster.role_of(n.name),
+                }
+                for n in sorted(cluster.nodes.values(), key=lambda n: n.name)
+            ],
+            "services": [
+                {
+                    "name": s.name,
+                    "internal_port": s.internal_port,
+                    "health_path": s.health_path,
+                    "domains": sorted(r.domain for r in cluster.routes.values() if r.service == n),
+                }
+                for n, s in sorted(cluster.services.items())
+            ],
+        }
+
+    def ansible_project(self, cluster: Cluster, directory: Path) -> dict[str, bytes]:
+        """The controller-side Ansible project: ansible.cfg, inventory, playbook wrappers."""
+        project_dir = self.templates_dir / "ansible"
+        if not project_dir.is_dir():
+            return {}
+        context = {
+            "dynia_roles_path": str(self.roles_dir),
+            "dynia_playbooks_path": str(shipped_dir("playbooks")),
+            "dynia_inventory_plugins_path": str(shipped_dir("inventory_plugins")),
+            "dynia_home": str(self.layout.root),
+            "dynia_cluster": cluster.name,
+            "dynia_state_file": str(self.layout.state_file),
+            "dynia_deploy_config_dir": str(directory),
+            "dynia_known_hosts": str(self.layout.known_hosts(cluster.name)),
+            "dynia_private_key": str(self.layout.ssh_private_key(cluster.name)),
+        }
+        rendered = {}
+        for template in sorted(project_dir.rglob("*.j2")):
+            relative = template.relative_to(project_dir).with_suffix("")
+            name = f"ansible/{template.relative_to(project_dir)}"
+            rendered[str(relative)] = _render(self.env, name, context)
+        return rendered
+
+    def render(self, cluster: Cluster, directory: Path | None = None) -> RenderResult:
+        target = directory or self.layout.deploy_config_dir(cluster.name)
+        files = self.node_files(cluster)
+        contents: dict[str, bytes] = {f.source: f.content for f in files}
+        contents["metadata.json"] = _json_bytes(self.manifest(cluster, files))
+        contents["cluster-metadata.json"] = _json_bytes(self.cluster_metadata(cluster))
+        contents.update(self.ansible_project(cluster, target))
+        _write_swapped(target, contents, {f.source: f.mode for f in files})
+        return RenderResult(directory=target, files=files)
+
+
+def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, str]) -> None:
+    """Write every file into a temporary sibling folder, then swap it in place of ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _recover_interrupted_swap(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.render-", dir=target.parent))
+    try:
+        for relative, content in sorted(contents.items()):
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            path.chmod(0o600 if modes.get(relative) == "0600" else 0o644)
+        staging.chmod(0o700)
+        previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
+        if target.exists():
+            target.rename(previous)
+        staging.rename(target)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _recover_interrupted_swap(target: Path) -> None:
+    """Put the previous folder back if a render died between the two renames of a swap."""
+    if target.exists():
+        return
+    leftovers = sorted(target.parent.glob(f".{target.name}.previous-*"), key=os.path.getmtime)
+    if leftovers:
+        leftovers[-1].rename(target)

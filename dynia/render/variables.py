@@ -1,0 +1,90 @@
+"""Role variables computed from state: the same names the roles document and reuse elsewhere."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from dynia.state.models import Cluster, Node
+
+HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_BACKEND = "dynia_nodes"
+HAPROXY_CERT_TARGET = "/etc/haproxy/certs/cluster.pem"
+NOTIFY_MASTER_TARGET = "/etc/keepalived/dynia-notify-master.sh"
+
+
+def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
+    servers = [
+        {"name": node.name, "address": node.private_ip, "port": cluster.settings.caddy_port}
+        for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
+    ]
+    return {
+        "haproxy_maxconn": 4096,
+        "haproxy_admin_socket": HAPROXY_ADMIN_SOCKET,
+        "haproxy_retries": 3,
+        "haproxy_check_interval_ms": 1000,
+        "haproxy_frontend_name": "dynia_public",
+        "haproxy_http_port": cluster.settings.http_port,
+        "haproxy_https_port": cluster.settings.https_port,
+        "haproxy_tls_certificate_path": HAPROXY_CERT_TARGET if with_tls else "",
+        "haproxy_backend_name": HAPROXY_BACKEND,
+        "haproxy_health_path": cluster.settings.health_path,
+        "haproxy_backend_servers": servers,
+    }
+
+
+def caddy_sites(cluster: Cluster) -> list[dict[str, Any]]:
+    sites = []
+    for name, service in sorted(cluster.services.items()):
+        hosts = sorted(r.domain for r in cluster.routes.values() if r.service == name)
+        if hosts:
+            sites.append(
+                {
+                    "name": name.replace("-", "_"),
+                    "hosts": hosts,
+                    "upstream": f"127.0.0.1:{service.internal_port}",
+                }
+            )
+    return sites
+
+
+def caddy_vars(cluster: Cluster) -> dict[str, Any]:
+    """Caddy's variables for every node; only the node name differs (set per node)."""
+    return {
+        "caddy_admin_port": 2019,
+        "caddy_listen_port": cluster.settings.caddy_port,
+        "caddy_health_path": cluster.settings.health_path,
+        "caddy_node_name": "{system.hostname}",
+        "caddy_sites": caddy_sites(cluster),
+    }
+
+
+def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict[str, Any]:
+    assert cluster.network is not None, "a cluster with nodes has a network"
+    prefix = ipaddress.ip_network(cluster.network.subnet, strict=False).prefixlen
+    peers = sorted(
+        (n.private_ip for n in cluster.nodes.values() if n.name != node.name),
+        key=ipaddress.ip_address,
+    )
+    vips: list[str] = []
+    notify = ""
+    if cluster.reserved_ip and reserved_ip_mode == "vrrp":
+        vips = [f"{cluster.reserved_ip.address}/{prefix}"]
+    elif cluster.reserved_ip and reserved_ip_mode == "api":
+        notify = NOTIFY_MASTER_TARGET
+    return {
+        "keepalived_router_name": node.name,
+        "keepalived_track_script_name": "dynia_haproxy_alive",
+        "keepalived_track_script": "/usr/bin/pgrep -x haproxy",
+        "keepalived_track_interval": 1,
+        "keepalived_instance_name": "dynia",
+        "keepalived_interface": cluster.network.interface,
+        "keepalived_virtual_router_id": cluster.settings.vrrp_router_id,
+        "keepalived_priority": node.priority,
+        "keepalived_advert_int": cluster.settings.vrrp_advert_int,
+        "keepalived_vrrp_version": 3,
+        "keepalived_unicast_src_ip": node.private_ip,
+        "keepalived_unicast_peers": peers,
+        "keepalived_virtual_ipaddresses": vips,
+        "keepalived_notify_master_script": notify,
+    }

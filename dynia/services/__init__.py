@@ -1,0 +1,1 @@
+"""Services: one lifecycle step each, the only layer that decides."""

@@ -1,0 +1,121 @@
+"""`dynia cluster create`: planned -> infra-ready, resumable at every step.
+
+Each step is recorded in the cluster's ``completed_steps`` and saved before the next begins, so a
+command interrupted anywhere (Ctrl-C, crash, a failing node) re-runs from where it stopped and
+never creates a second node or Reserved IP: node names are chosen and saved before the provider
+is asked, and providers find existing resources by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynia.errors import UsageError
+from dynia.paths import HomeLayout
+from dynia.providers import (
+    check_dns_provider,
+    check_node_provider,
+    get_node_provider,
+    node_provider_traits,
+)
+from dynia.services import infra
+from dynia.services.rollout import EventSink
+from dynia.state import StateStore, Transaction
+from dynia.state.models import (
+    STATUS_INFRA_READY,
+    STATUS_PLANNED,
+    Cluster,
+    ClusterSettings,
+    validate_name,
+)
+
+Progress = Callable[[str], None]
+MAX_NODES = 9
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    nodes: int
+    region: str
+    size: str
+    node_provider: str
+    dns_provider: str
+    plan_only: bool = False
+
+
+def _validate(request: CreateRequest) -> None:
+    try:
+        validate_name("cluster", request.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not 1 <= request.nodes <= MAX_NODES:
+        raise UsageError(
+            f"--nodes must be between 1 and {MAX_NODES}, got {request.nodes}",
+            hint="use 2 or more nodes for failover; 3 is the usual choice",
+        )
+    check_node_provider(request.node_provider)
+    check_dns_provider(request.dns_provider)
+
+
+def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
+    """Record the planned cluster, or pick up the one a previous run left unfinished."""
+    existing = txn.state.clusters.get(request.name)
+    if existing is not None:
+        mismatched = [
+            flag
+            for flag, mine, theirs in (
+                ("--node-provider", request.node_provider, existing.node_provider),
+                ("--dns-provider", request.dns_provider, existing.dns_provider),
+                ("--region", request.region, existing.region),
+            )
+            if mine != theirs
+        ]
+        if mismatched:
+            raise UsageError(
+                f"cluster {request.name!r} already exists with different {', '.join(mismatched)}",
+                hint="choose another --name, or delete it with `dynia cluster delete`",
+            )
+        return existing
+    traits = node_provider_traits(request.node_provider)
+    cluster = Cluster(
+        name=request.name,
+        node_provider=request.node_provider,
+        dns_provider=request.dns_provider,
+        region=request.region,
+        size=request.size,
+        planned_nodes=request.nodes,
+        status=STATUS_PLANNED,
+        settings=ClusterSettings(vrrp_advert_int=traits.default_vrrp_advert_int),
+    )
+    txn.state.clusters[cluster.name] = cluster
+    txn.save()
+    return cluster
+
+
+def create_cluster(
+    layout: HomeLayout,
+    store: StateStore,
+    request: CreateRequest,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> Cluster:
+    """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
+    _validate(request)
+    with store.transaction("cluster create") as txn:
+        cluster = _plan(txn, request)
+        if cluster.status != STATUS_PLANNED:
+            progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")
+            return cluster
+        if request.plan_only:
+            progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
+            return cluster
+        provider = get_node_provider(cluster.node_provider, layout)
+        infra.provision(layout, txn, cluster, provider, request.nodes, progress)
+        infra.roll_out_infra(layout, txn, cluster, provider, progress, on_event)
+        cluster.status = STATUS_INFRA_READY
+        txn.state.current_cluster = cluster.name
+        txn.save()
+        progress(f"Cluster {cluster.name} is infra-ready; current cluster set.")
+        return cluster

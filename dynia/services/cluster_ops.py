@@ -1,0 +1,200 @@
+"""Node add / remove / activate and cluster delete: changing a running cluster's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dynia.errors import NotFoundError, UsageError
+from dynia.paths import HomeLayout
+from dynia.providers import get_dns_provider, get_node_provider
+from dynia.providers.base import ReservedIpInfo
+from dynia.services import infra, rollout
+from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services.rollout import EventSink
+from dynia.state import StateStore
+from dynia.state.models import MASTER_PRIORITY, STATUS_PLANNED, Cluster, Node
+
+Progress = Callable[[str], None]
+
+
+def _node(cluster: Cluster, name: str) -> Node:
+    node = cluster.nodes.get(name)
+    if node is None:
+        raise NotFoundError(
+            f"cluster {cluster.name!r} has no node {name!r}",
+            hint=f"its nodes: {', '.join(sorted(cluster.nodes)) or 'none'}",
+        )
+    return node
+
+
+def _require_ready(cluster: Cluster) -> None:
+    if cluster.status == STATUS_PLANNED:
+        raise UsageError(
+            f"cluster {cluster.name!r} is not provisioned yet",
+            hint=f"finish it with `dynia cluster create --name {cluster.name}`",
+        )
+
+
+def add_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> Node:
+    """Create one node, then re-render and roll out so every peer list includes it."""
+    with store.transaction("cluster node add") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        _require_ready(cluster)
+        provider = get_node_provider(cluster.node_provider, layout)
+        public_key = infra.ensure_keys(layout, txn, cluster)
+        new = infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)
+        infra.create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
+        progress("Preparing the new node (bootstrap)")
+        from dynia.services.render import render_cluster
+
+        render_cluster(layout, cluster)
+        rollout.run(layout, cluster, "bootstrap.yml", on_event, limit=new[0].name)
+        _ship_images(layout, cluster, progress)
+        progress("Rolling sync: peers learn the new node, one node at a time")
+        rollout.render_and_sync(layout, cluster, on_event)
+        txn.save()
+        return cluster.nodes[new[0].name]
+
+
+def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+    if cluster.services:
+        from dynia.services.images import ship_service_images
+
+        ship_service_images(layout, cluster, list(cluster.services.values()), progress)
+
+
+def remove_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    node_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """Drain the node, move the MASTER role away if it has it, delete it, re-render and sync."""
+    with store.transaction("cluster node remove") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        node = _node(cluster, node_name)
+        if len(cluster.nodes) == 1:
+            raise UsageError(
+                f"{node_name} is the last node of {cluster.name}",
+                hint="delete the whole cluster with `dynia cluster delete` instead",
+            )
+        provider = get_node_provider(cluster.node_provider, layout)
+        if cluster.master and cluster.master.name == node_name:
+            successor = sorted(n for n in cluster.nodes if n != node_name)[0]
+            progress(f"{node_name} is MASTER: moving the role to {successor} first")
+            _make_master(layout, txn, cluster, successor, provider, progress, on_event)
+        progress(f"Draining {node_name} from HAProxy on every node")
+        del cluster.nodes[node_name]
+        # Peers stop routing to the node before it disappears: sync them without it first.
+        rollout.render_and_sync(layout, cluster, on_event)
+        txn.save()
+        progress(f"Deleting {node_name}")
+        provider.delete_node(cluster.name, node.provider_id)
+        infra.write_known_hosts(layout, cluster)
+        txn.save()
+
+
+def _make_master(
+    layout: HomeLayout,
+    txn: object,
+    cluster: Cluster,
+    target: str,
+    provider: object,
+    progress: Progress,
+    on_event: EventSink,
+) -> None:
+    ordered = [target, *sorted(n for n in cluster.nodes if n != target)]
+    for index, name in enumerate(ordered):
+        cluster.nodes[name].priority = MASTER_PRIORITY if index == 0 else 100 - index + 1
+    rollout.render_and_sync(layout, cluster, on_event)
+    infra.attach_reserved_ip(txn, cluster, provider, progress)  # type: ignore[arg-type]
+
+
+def activate_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    node_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> str:
+    """Health-check the target, make it MASTER, verify the Reserved IP answers from it."""
+    with store.transaction("cluster node activate") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        _require_ready(cluster)
+        _node(cluster, node_name)
+        provider = get_node_provider(cluster.node_provider, layout)
+        progress(f"Health-checking {node_name}")
+        rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
+        _make_master(layout, txn, cluster, node_name, provider, progress, on_event)
+        answered = infra.wait_for_reserved_ip(cluster)
+        txn.save()
+        return answered
+
+
+def delete_cluster(
+    layout: HomeLayout,
+    store: StateStore,
+    name: str,
+    purge_volumes: bool,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """Unbind routes (DNS), stop services, release the Reserved IP, delete nodes, forget it."""
+    with store.transaction("cluster delete") as txn:
+        cluster = get_cluster(txn.state, name)
+        if cluster.routes:
+            dns = get_dns_provider(cluster.dns_provider, layout)
+            for domain in sorted(cluster.routes):
+                progress(f"Deleting DNS record {domain}")
+                dns.delete_a_record(domain)
+                cluster.routes[domain].dns_record_id = None
+            txn.save()
+        provider = get_node_provider(cluster.node_provider, layout)
+        ready = [n for n in cluster.nodes.values() if n.public_ip]
+        if (
+            ready
+            and cluster.services
+            and (layout.deploy_config_dir(name) / "metadata.json").exists()
+        ):
+            progress("Stopping services")
+            rollout.run(
+                layout,
+                cluster,
+                "teardown.yml",
+                on_event,
+                extra_vars={"dynia_teardown_purge_volumes": purge_volumes},
+            )
+        if cluster.reserved_ip:
+            info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
+            if provider.reserved_ip_mode == "api":
+                provider.detach_reserved_ip(info)
+            provider.release_reserved_ip(cluster.name, info)
+            cluster.reserved_ip = None
+            txn.save()
+        for node in sorted(cluster.nodes.values(), key=lambda n: n.name):
+            progress(f"Deleting node {node.name}")
+            if node.provider_id:
+                provider.delete_node(cluster.name, node.provider_id)
+            del cluster.nodes[node.name]
+            txn.save()
+        provider.delete_network(cluster.name)
+        del txn.state.clusters[name]
+        if txn.state.current_cluster == name:
+            txn.state.current_cluster = None
+        _remove_local_files(layout, name)
+
+
+def _remove_local_files(layout: HomeLayout, name: str) -> None:
+    import shutil
+
+    shutil.rmtree(layout.deploy_config_dir(name), ignore_errors=True)
+    shutil.rmtree(layout.cluster_dir(name), ignore_errors=True)

@@ -1,0 +1,86 @@
+"""Finding the cluster a command acts on, and reading clusters for list/show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynia.errors import NotFoundError, UsageError
+from dynia.state.models import Cluster, State
+
+
+def resolve_cluster_name(state: State, option: str | None) -> str:
+    """--cluster wins over the current context; with neither, say both ways to give one."""
+    name = option or state.current_cluster
+    if not name:
+        raise UsageError(
+            "no cluster selected",
+            hint="pass --cluster NAME, or set a current cluster with `dynia context use NAME`",
+        )
+    return name
+
+
+def get_cluster(state: State, name: str) -> Cluster:
+    cluster = state.clusters.get(name)
+    if cluster is None:
+        known = ", ".join(sorted(state.clusters)) or "none yet"
+        raise NotFoundError(
+            f"unknown cluster {name!r}",
+            hint=f"clusters in state: {known}; create one with `dynia cluster create`",
+        )
+    return cluster
+
+
+def selected_cluster(state: State, option: str | None) -> Cluster:
+    return get_cluster(state, resolve_cluster_name(state, option))
+
+
+def cluster_summary(cluster: Cluster, current: str | None) -> dict[str, Any]:
+    """The stable shape `cluster list --json` prints, one per cluster."""
+    return {
+        "name": cluster.name,
+        "current": cluster.name == current,
+        "status": cluster.status,
+        "node_provider": cluster.node_provider,
+        "dns_provider": cluster.dns_provider,
+        "region": cluster.region,
+        "nodes": len(cluster.nodes),
+        "services": len(cluster.services),
+        "reserved_ip": cluster.reserved_ip.address if cluster.reserved_ip else None,
+    }
+
+
+def cluster_details(cluster: Cluster, current: str | None) -> dict[str, Any]:
+    """The stable shape `cluster show --json` prints."""
+    summary = cluster_summary(cluster, current)
+    summary.update(
+        {
+            "size": cluster.size,
+            "completed_steps": list(cluster.completed_steps),
+            "nodes": [
+                {
+                    "name": n.name,
+                    "role": cluster.role_of(n.name),
+                    "priority": n.priority,
+                    "status": n.status,
+                    "public_ip": n.public_ip,
+                    "private_ip": n.private_ip,
+                    "provider_id": n.provider_id,
+                }
+                for n in sorted(cluster.nodes.values(), key=lambda n: n.name)
+            ],
+            "services": [
+                {
+                    "name": s.name,
+                    "internal_port": s.internal_port,
+                    "health_path": s.health_path,
+                    "images": sorted(s.image_ids),
+                }
+                for s in sorted(cluster.services.values(), key=lambda s: s.name)
+            ],
+            "routes": [
+                {"domain": r.domain, "service": r.service, "dns": r.dns_record_id is not None}
+                for r in sorted(cluster.routes.values(), key=lambda r: r.domain)
+            ],
+        }
+    )
+    return summary

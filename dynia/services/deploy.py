@@ -1,0 +1,249 @@
+"""`dynia deploy` and `dynia route bind|unbind`: services and their public names.
+
+Order matters for safety: everything that can be checked without touching nodes (compose, images,
+names, the DNS zone) is checked first, so bad input changes nothing. A rollout that fails its
+health gate puts the previous service definition back in state and deploy-config, so the nodes,
+the artifact and state agree on the version that is still serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
+from dynia.paths import HomeLayout
+from dynia.providers import get_dns_provider
+from dynia.render.compose import inspect_compose, parse_compose
+from dynia.services import infra, rollout
+from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services.images import resolve_images, ship_service_images
+from dynia.services.render import render_cluster
+from dynia.services.rollout import EventSink
+from dynia.services.verify import verify_route
+from dynia.state import StateStore, Transaction
+from dynia.state.models import (
+    STATUS_PLANNED,
+    STATUS_SERVING,
+    Cluster,
+    Route,
+    Service,
+    validate_domain,
+    validate_name,
+)
+
+Progress = Callable[[str], None]
+FIRST_INTERNAL_PORT = 20000
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    name: str
+    compose_path: Path
+    domain: str | None = None
+    health_path: str = "/"
+    container_port: int | None = None
+
+
+@dataclass
+class DeployOutcome:
+    service: str
+    changed: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _checked_name(kind: str, value: str) -> str:
+    try:
+        return validate_name(kind, value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _checked_domain(value: str) -> str:
+    try:
+        return validate_domain(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _ready_cluster(txn: Transaction, option: str | None) -> Cluster:
+    cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, option))
+    if cluster.status == STATUS_PLANNED:
+        raise UsageError(
+            f"cluster {cluster.name!r} is not infra-ready",
+            hint=f"finish it first: `dynia cluster create --name {cluster.name}`",
+        )
+    return cluster
+
+
+def _assign_port(cluster: Cluster, name: str) -> int:
+    if name in cluster.services:
+        return cluster.services[name].internal_port
+    taken = {s.internal_port for s in cluster.services.values()}
+    port = FIRST_INTERNAL_PORT
+    while port in taken:
+        port += 1
+    return port
+
+
+def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
+    try:
+        text = request.compose_path.read_text()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read compose file {request.compose_path}: {exc.strerror}"
+        ) from exc
+    document = parse_compose(text, str(request.compose_path))
+    facts = inspect_compose(document, request.name, request.container_port)
+    if not request.health_path.startswith("/"):
+        raise UsageError(f"--health-path must start with '/', got {request.health_path!r}")
+    return Service(
+        name=request.name,
+        compose=text,
+        compose_hash=hashlib.sha256(text.encode()).hexdigest(),
+        internal_port=_assign_port(cluster, request.name),
+        container_port=facts.container_port,
+        main_service=facts.main_service,
+        health_path=request.health_path,
+        image_ids=resolve_images(facts.images),
+    )
+
+
+def _roll_out_or_restore(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    previous: Cluster,
+    progress: Progress,
+    on_event: EventSink,
+) -> None:
+    """Sync; on failure put the previous definition back in state and deploy-config."""
+    try:
+        rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+    except RunnerError:
+        txn.state.clusters[cluster.name] = previous
+        render_cluster(layout, previous, validate=False)
+        txn.save()
+        progress("Rollout stopped; the previous version is still serving.")
+        raise
+
+
+def deploy_service(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    request: DeployRequest,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> DeployOutcome:
+    _checked_name("service", request.name)
+    domain = _checked_domain(request.domain) if request.domain else None
+    with store.transaction("deploy") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        dns = get_dns_provider(cluster.dns_provider, layout) if domain else None
+        if domain and dns:
+            _check_route_free(cluster, domain, request.name)
+            dns.find_zone(domain)
+        service = _build_service(cluster, request)
+        previous = copy.deepcopy(cluster)
+        cluster.services[service.name] = service
+        if domain:
+            cluster.routes.setdefault(domain, Route(domain=domain, service=service.name))
+            infra.ensure_certificate(layout, txn, cluster)
+        progress(f"Copying images of {service.name} to nodes that lack them")
+        ship_service_images(layout, cluster, [service], progress)
+        progress(f"Rolling out {service.name}, one node at a time")
+        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)
+        cluster.status = STATUS_SERVING
+        txn.save()
+        outcome = DeployOutcome(service=service.name, changed=True)
+        if domain and dns:
+            outcome.warnings += _bind_dns(txn, cluster, domain, dns, layout, progress)
+        return outcome
+
+
+def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
+    route = cluster.routes.get(domain)
+    if route and route.service != service:
+        raise UsageError(
+            f"{domain} is already bound to service {route.service!r}",
+            hint=f"unbind it first: `dynia route unbind --domain {domain}`",
+        )
+
+
+def _bind_dns(
+    txn: Transaction,
+    cluster: Cluster,
+    domain: str,
+    dns: object,
+    layout: HomeLayout,
+    progress: Progress,
+) -> list[str]:
+    """Create the A record to the Reserved IP, then verify DNS -> TLS -> health path."""
+    assert cluster.reserved_ip is not None
+    progress(f"DNS: {domain} -> {cluster.reserved_ip.address}")
+    record = dns.upsert_a_record(domain, cluster.reserved_ip.address)  # type: ignore[attr-defined]
+    cluster.routes[domain].dns_record_id = record.id
+    txn.save()
+    try:
+        answer = verify_route(layout, cluster, domain, dns)  # type: ignore[arg-type]
+        progress(f"Verified: {answer}")
+        return []
+    except VerifyError as exc:
+        return [f"{exc.message} (the service keeps running; {exc.hint or 'check DNS'})"]
+
+
+def bind_route(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    domain_value: str,
+    service_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> list[str]:
+    domain = _checked_domain(domain_value)
+    with store.transaction("route bind") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        if service_name not in cluster.services:
+            raise NotFoundError(
+                f"cluster {cluster.name!r} has no service {service_name!r}",
+                hint="deploy it first with `dynia deploy --name ... --compose ...`",
+            )
+        _check_route_free(cluster, domain, service_name)
+        dns = get_dns_provider(cluster.dns_provider, layout)
+        dns.find_zone(domain)
+        previous = copy.deepcopy(cluster)
+        cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
+        infra.ensure_certificate(layout, txn, cluster)
+        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)
+        return _bind_dns(txn, cluster, domain, dns, layout, progress)
+
+
+def unbind_route(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    domain_value: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    domain = _checked_domain(domain_value)
+    with store.transaction("route unbind") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        if domain not in cluster.routes:
+            raise NotFoundError(
+                f"{domain} is not bound in cluster {cluster.name!r}",
+                hint=f"bound domains: {', '.join(sorted(cluster.routes)) or 'none'}",
+            )
+        dns = get_dns_provider(cluster.dns_provider, layout)
+        progress(f"Deleting DNS record {domain}")
+        dns.delete_a_record(domain)
+        cluster.routes[domain].dns_record_id = None
+        txn.save()
+        previous = copy.deepcopy(cluster)
+        del cluster.routes[domain]
+        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)

@@ -1,0 +1,215 @@
+"""The infra layer shared by create, node add/remove/activate and repair.
+
+Every step checks ``completed_steps`` (or the record it would create) first and saves after
+itself, so running it again is always safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from dynia import naming, pki, ssh
+from dynia.errors import VerifyError
+from dynia.paths import HomeLayout
+from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.services import rollout
+from dynia.services.rollout import EventSink
+from dynia.state import Transaction
+from dynia.state.models import (
+    BACKUP_PRIORITY,
+    MASTER_PRIORITY,
+    NODE_PROVISIONING,
+    NODE_READY,
+    Cluster,
+    Network,
+    Node,
+    ReservedIp,
+)
+
+Progress = Callable[[str], None]
+
+STEP_KEYS = "ssh-keys"
+STEP_NETWORK = "network"
+STEP_NODES = "nodes"
+STEP_RESERVED_IP = "reserved-ip"
+STEP_TLS = "tls"
+STEP_BOOTSTRAP = "bootstrap"
+STEP_SYNC = "sync"
+STEP_ATTACH = "reserved-ip-attached"
+
+
+def ensure_keys(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> str:
+    """The cluster's SSH key pair (made once); returns the public key line."""
+    public = ssh.generate_key_pair(layout.ssh_private_key(cluster.name), f"dynia-{cluster.name}")
+    if not cluster.step_done(STEP_KEYS):
+        cluster.mark_step(STEP_KEYS)
+        txn.save()
+    return public
+
+
+def write_known_hosts(layout: HomeLayout, cluster: Cluster) -> None:
+    """Pin every node's host keys; nothing else is trusted when Ansible connects."""
+    ssh.write_known_hosts(
+        layout.known_hosts(cluster.name),
+        {n.public_ip: n.host_keys for n in cluster.nodes.values() if n.host_keys},
+    )
+
+
+def next_priority(cluster: Cluster) -> int:
+    if not cluster.nodes:
+        return MASTER_PRIORITY
+    backups = [n.priority for n in cluster.nodes.values() if n.priority < MASTER_PRIORITY]
+    return min(backups, default=BACKUP_PRIORITY + 1) - 1
+
+
+def plan_nodes(txn: Transaction, cluster: Cluster, count: int) -> list[Node]:
+    """Choose and save names for nodes not yet created, so a re-run asks for the same ones."""
+    while len(cluster.nodes) < count:
+        name = naming.new_node_name(set(cluster.nodes))
+        cluster.nodes[name] = Node(
+            name=name,
+            provider_id="",
+            public_ip="",
+            private_ip="",
+            priority=next_priority(cluster),
+            status=NODE_PROVISIONING,
+        )
+    txn.save()
+    return [n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING]
+
+
+def create_planned_nodes(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    public_key: str,
+    progress: Progress,
+) -> None:
+    pending = sorted(
+        (n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING), key=lambda n: n.name
+    )
+    for index, node in enumerate(pending, start=1):
+        progress(f"  node {index}/{len(pending)} {node.name}: creating")
+        started = time.monotonic()
+        made = provider.create_node(
+            NodeSpec(cluster.name, node.name, cluster.region, cluster.size, public_key)
+        )
+        node.provider_id = made.provider_id
+        node.public_ip = made.public_ip
+        node.private_ip = made.private_ip
+        node.host_keys = list(made.host_keys)
+        node.status = NODE_READY
+        write_known_hosts(layout, cluster)
+        txn.save()
+        progress(
+            f"  node {index}/{len(pending)} {node.name}: ready at {node.public_ip} "
+            f"({time.monotonic() - started:.1f}s)"
+        )
+
+
+def provision(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    count: int,
+    progress: Progress,
+) -> None:
+    """Keys, network, nodes, Reserved IP and certificate: everything that exists before config."""
+    public_key = ensure_keys(layout, txn, cluster)
+    if cluster.network is None:
+        progress("Creating the cluster network")
+        info = provider.ensure_network(cluster.name)
+        cluster.network = Network(info.name, info.subnet, info.interface, info.gateway)
+        cluster.mark_step(STEP_NETWORK)
+        txn.save()
+    progress(f"Provisioning {count} node(s) with the {provider.name} provider")
+    plan_nodes(txn, cluster, count)
+    create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
+    cluster.mark_step(STEP_NODES)
+    if cluster.reserved_ip is None:
+        info = provider.allocate_reserved_ip(cluster.name, cluster.region)
+        cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
+        cluster.mark_step(STEP_RESERVED_IP)
+        txn.save()
+        progress(f"Reserved IP {info.address} allocated")
+    ensure_certificate(layout, txn, cluster)
+
+
+def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> None:
+    """Issue the cluster certificate when none exists or it lacks a routed domain."""
+    domains = sorted(cluster.routes)
+    current = pki.current_certificate(layout, cluster.name)
+    if current is not None and current.covers(domains):
+        return
+    bundle = pki.issue_cluster_certificate(layout, cluster.name, domains)
+    cluster.tls_fingerprint = bundle.fingerprint_sha256
+    cluster.mark_step(STEP_TLS)
+    txn.save()
+
+
+def roll_out_infra(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """Render, bootstrap the nodes, roll the configs out and put the Reserved IP on the MASTER."""
+    from dynia.services.render import render_cluster
+
+    progress("Rendering deploy-config")
+    render_cluster(layout, cluster)
+    progress("Preparing nodes (bootstrap)")
+    rollout.run(layout, cluster, "bootstrap.yml", on_event)
+    cluster.mark_step(STEP_BOOTSTRAP)
+    txn.save()
+    progress("Rolling sync, one node at a time")
+    rollout.run(layout, cluster, "sync.yml", on_event)
+    cluster.mark_step(STEP_SYNC)
+    txn.save()
+    attach_reserved_ip(txn, cluster, provider, progress)
+
+
+def attach_reserved_ip(
+    txn: Transaction, cluster: Cluster, provider: NodeProvider, progress: Progress
+) -> None:
+    """Point the Reserved IP at the MASTER and check the cluster answers on it."""
+    master = cluster.master
+    assert master is not None and cluster.reserved_ip is not None
+    if provider.reserved_ip_mode == "api":
+        info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
+        provider.attach_reserved_ip(info, master.provider_id)
+    cluster.reserved_ip.attached_to = master.name
+    wait_for_reserved_ip(cluster)
+    cluster.mark_step(STEP_ATTACH)
+    txn.save()
+    progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
+
+
+def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
+    """Wait until /dynia-health answers through the Reserved IP; returns the answering node."""
+    import urllib.request
+
+    assert cluster.reserved_ip is not None
+    url = (
+        f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}"
+        f"{cluster.settings.health_path}"
+    )
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode().strip()
+        except OSError as exc:
+            last_error = str(exc)
+            time.sleep(0.5)
+    raise VerifyError(
+        f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
+        f"{timeout:.0f}s ({last_error})",
+        hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
+    )

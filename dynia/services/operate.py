@@ -1,0 +1,106 @@
+"""`dynia sync`, `dynia drift-check`, `dynia repair` and `dynia cert rotate`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynia import pki
+from dynia.paths import HomeLayout
+from dynia.providers import get_node_provider
+from dynia.services import infra, rollout
+from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services.render import render_cluster
+from dynia.services.rollout import DriftReport, EventSink
+from dynia.state import StateStore
+
+Progress = Callable[[str], None]
+
+
+def sync(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> DriftReport:
+    """Roll the current deploy-config out (rendered first), then confirm no drift remains."""
+    with store.transaction("sync") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), one at a time")
+        return rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+
+def drift_check(
+    layout: HomeLayout, store: StateStore, cluster_option: str | None, on_event: EventSink = None
+) -> DriftReport:
+    """Compare every node with deploy-config; changes nothing, not even state."""
+    state = store.load()
+    cluster = get_cluster(state, resolve_cluster_name(state, cluster_option))
+    if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
+        render_cluster(layout, cluster)
+    return rollout.drift_check(layout, cluster, on_event)
+
+
+@dataclass
+class RepairPlan:
+    drift: DriftReport
+    reserved_ip_answers: bool
+    actions: list[str]
+
+
+def plan_repair(
+    layout: HomeLayout, store: StateStore, cluster_option: str | None, on_event: EventSink = None
+) -> RepairPlan:
+    """What `repair --force` would do, found without changing anything."""
+    state = store.load()
+    cluster = get_cluster(state, resolve_cluster_name(state, cluster_option))
+    report = rollout.drift_check(layout, cluster, on_event)
+    actions = [f"re-sync {e.node}: {e.path}" for e in report.entries]
+    try:
+        infra.wait_for_reserved_ip(cluster, timeout=3)
+        answers = True
+    except Exception:  # any failure to answer means the IP needs re-attaching
+        answers = False
+        actions.append("re-attach the Reserved IP to a healthy MASTER")
+    return RepairPlan(report, answers, actions)
+
+
+def repair(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> DriftReport:
+    """Re-render, re-run bootstrap and sync with restarts, re-attach the Reserved IP."""
+    with store.transaction("repair") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        provider = get_node_provider(cluster.node_provider, layout)
+        progress("Re-rendering deploy-config")
+        render_cluster(layout, cluster)
+        progress("Re-applying the node base, configs and services (repair.yml)")
+        rollout.run(layout, cluster, "repair.yml", on_event)
+        report = rollout.drift_check(layout, cluster, on_event)
+        rollout.mark_sync_outcome(cluster, report)
+        txn.save()
+        infra.attach_reserved_ip(txn, cluster, provider, progress)
+        return report
+
+
+def rotate_certificate(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> str:
+    """Issue a new cluster certificate and roll it out node by node; returns its fingerprint."""
+    with store.transaction("cert rotate") as txn:
+        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+        bundle = pki.issue_cluster_certificate(layout, cluster.name, sorted(cluster.routes))
+        cluster.tls_fingerprint = bundle.fingerprint_sha256
+        txn.save()
+        progress(f"Issued a new certificate ({bundle.fingerprint_sha256[:16]}…); rolling it out")
+        rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+        return bundle.fingerprint_sha256
