@@ -1,0 +1,250 @@
+"""The HTTP machinery both fake APIs share: a loopback server, routing, faults, an exchange log.
+
+A fake is a ``FakeApiServer`` subclass that registers routes and says how its errors look. It
+runs a ``ThreadingHTTPServer`` on 127.0.0.1 with a random port in a daemon thread while used as
+a context manager. Every exchange is recorded (``exchanges``) with the OpenAPI path template of
+the route that answered it, so conformance tests can check each body against the API's schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)  # captured from the route pattern
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None  # JSON-serialisable, or None for an empty body
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Exchange:
+    """One request and the answer the fake gave."""
+
+    method: str
+    path: str
+    template: str  # e.g. "/v2/droplets/{droplet_id}"; "" when no route matched
+    status: int
+    body: Any
+    query: dict[str, str]
+    request_body: Any
+
+
+@dataclass
+class Fault:
+    """Answer the next ``remaining`` matching requests with ``status`` instead of serving them."""
+
+    status: int
+    remaining: int
+    path_prefix: str
+    method: str | None
+    message: str
+    headers: Callable[[], dict[str, str]] = dict
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.remaining <= 0:
+            return False
+        return path.startswith(self.path_prefix) and self.method in (None, method)
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    template: str
+    handler: Handler
+
+
+class FakeApiServer:
+    """Base of the fake APIs: subclasses add routes and shape error bodies."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.exchanges: list[Exchange] = []
+        self.lock = threading.RLock()
+        self._routes: list[_Route] = []
+        self._faults: list[Fault] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the fake is not running"
+        return self._server.server_address[1]
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- routing and faults ------------------------------------------------------------------
+
+    def route(self, method: str, template: str, handler: Handler) -> None:
+        """Serve ``method template``; ``{name}`` segments are captured into ``request.params``."""
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+        self._routes.append(_Route(method, re.compile(f"^{regex}$"), template, handler))
+
+    def inject(
+        self,
+        status: int,
+        *,
+        count: int = 1,
+        path_prefix: str = "",
+        method: str | None = None,
+        message: str = "injected fault",
+        headers: Callable[[], dict[str, str]] = dict,
+    ) -> Fault:
+        """Answer the next ``count`` requests under ``path_prefix`` with ``status``."""
+        fault = Fault(status, count, path_prefix, method, message, headers)
+        with self.lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
+    def statuses(self, path_prefix: str = "", method: str | None = None) -> list[int]:
+        """Statuses answered so far to requests under ``path_prefix`` (oldest first)."""
+        with self.lock:
+            return [
+                e.status
+                for e in self.exchanges
+                if e.path.startswith(path_prefix) and method in (None, e.method)
+            ]
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+
+    def error_body(self, status: int, message: str) -> Any:
+        raise NotImplementedError
+
+    def common_headers(self) -> dict[str, str]:
+        return {}
+
+    def authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization", "") == f"Bearer {self.token}"
+
+    def before_request(self) -> None:
+        """Called under the lock before every request: lets time-based state advance."""
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def dispatch(self, request: Request) -> tuple[str, Response]:
+        with self.lock:
+            self.before_request()
+            fault = next((f for f in self._faults if f.matches(request.method, request.path)), None)
+            if fault is not None:
+                fault.remaining -= 1
+                answer = Response(fault.status, self.error_body(fault.status, fault.message))
+                answer.headers.update(fault.headers())
+                return self._template_of(request), answer
+            if not self.authorized(request):
+                return self._template_of(request), Response(401, self.error_body(401, ""))
+            for route in self._routes:
+                match = route.pattern.match(request.path)
+                if match and route.method == request.method:
+                    request.params = {k: unquote(v) for k, v in match.groupdict().items()}
+                    return route.template, route.handler(request)
+            status = 405 if self._template_of(request) else 404
+            return self._template_of(request), Response(status, self.error_body(status, ""))
+
+    def _template_of(self, request: Request) -> str:
+        for route in self._routes:
+            if route.pattern.match(request.path):
+                return route.template
+        return ""
+
+    def record(self, request: Request, template: str, response: Response) -> None:
+        with self.lock:
+            self.exchanges.append(
+                Exchange(
+                    request.method,
+                    request.path,
+                    template,
+                    response.status,
+                    response.body,
+                    request.query,
+                    request.body,
+                )
+            )
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    class _Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # keep test output clean; the exchange log holds what matters
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+            query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = Request(self.command, parts.path, query, body, headers)
+            template, response = fake.dispatch(request)
+            fake.record(request, template, response)
+            payload = b"" if response.body is None else json.dumps(response.body).encode()
+            self.send_response(response.status)
+            for name, value in {**fake.common_headers(), **response.headers}.items():
+                self.send_header(name, value)
+            if payload:
+                self.send_header("content-type", "application/json; charset=utf-8")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    return _Handler

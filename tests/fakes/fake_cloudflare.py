@@ -1,0 +1,311 @@
+"""A fake Cloudflare API v4 on loopback: zones and DNS records, as the cloudflare SDK sees them.
+
+Bodies follow the SDK's own models (``cloudflare.types.zones.Zone``,
+``cloudflare.types.dns.RecordResponse``) inside the v4 envelope ``{"success", "errors",
+"messages", "result", "result_info"}``. Lists paginate with ``page``/``per_page`` and answer
+``result: []`` past the last page, which is where the SDK's iterator stops.
+
+Endpoints (under ``/client/v4``): ``GET /zones`` (``name`` filter), ``GET /zones/{id}``,
+``GET|POST /zones/{id}/dns_records`` (``name`` / ``name.exact`` and ``type`` filters),
+``GET|PUT|PATCH|DELETE /zones/{id}/dns_records/{record_id}``.
+
+Test controls: ``add_zone(name)``; faults ``rate_limit(count, reset_in)`` (429 with
+``retry-after``), ``server_errors(count)``, ``reject_token()``, and the generic ``inject``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+from ._http import FakeApiServer, Request, Response, now_iso
+
+PREFIX = "/client/v4"
+_ERRORS = {
+    400: (1004, "DNS Validation Error"),
+    401: (10000, "Authentication error"),
+    403: (9109, "Unauthorized to access requested resource"),
+    404: (
+        7003,
+        "Could not route to the requested resource, perhaps your object identifier is invalid?",
+    ),
+    405: (7001, "Method not allowed for this endpoint"),
+    429: (971, "Please wait and consider throttling your request speed"),
+    500: (10001, "Internal server error"),
+}
+
+
+def _envelope(result: Any, **extra: Any) -> dict[str, Any]:
+    return {"success": True, "errors": [], "messages": [], "result": result, **extra}
+
+
+class FakeCloudflare(FakeApiServer):
+    """The fake; point the SDK's ``base_url`` at ``base_url``."""
+
+    def __init__(self, token: str = "cf_fake_" + uuid.uuid4().hex) -> None:
+        super().__init__(token)
+        self.zones: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # id -> record (with "zone_id")
+        self._accepted_token = token
+        self._register_routes()
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + PREFIX
+
+    # -- controls ----------------------------------------------------------------------------
+
+    def add_zone(self, name: str, *, status: str = "active") -> str:
+        zone_id = uuid.uuid4().hex
+        self.zones[zone_id] = {"id": zone_id, "name": name.lower(), "status": status}
+        return zone_id
+
+    def records_named(self, fqdn: str) -> list[dict[str, Any]]:
+        return [r for r in self.records.values() if r["name"] == fqdn.lower()]
+
+    def rate_limit(self, count: int = 1, *, path_prefix: str = PREFIX, reset_in: int = 1) -> None:
+        def headers() -> dict[str, str]:
+            return {"retry-after": str(reset_in), "ratelimit": f'"default";r=0;t={reset_in}'}
+
+        self.inject(429, count=count, path_prefix=path_prefix, headers=headers)
+
+    def server_errors(
+        self, count: int = 3, *, path_prefix: str = PREFIX, status: int = 500
+    ) -> None:
+        self.inject(status, count=count, path_prefix=path_prefix)
+
+    def reject_token(self) -> None:
+        self._accepted_token = "revoked-" + uuid.uuid4().hex
+
+    def authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization", "") == f"Bearer {self._accepted_token}"
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        code, default = _ERRORS.get(status, (10000 + status, "error"))
+        return {
+            "success": False,
+            "errors": [{"code": code, "message": message or default}],
+            "messages": [],
+            "result": None,
+        }
+
+    def _error(self, status: int, code: int, message: str) -> Response:
+        body = self.error_body(status, message)
+        body["errors"][0]["code"] = code
+        return Response(status, body)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def _register_routes(self) -> None:
+        records = PREFIX + "/zones/{zone_id}/dns_records"
+        self.route("GET", PREFIX + "/zones", self._zones_list)
+        self.route("GET", PREFIX + "/zones/{zone_id}", self._zones_get)
+        self.route("GET", records, self._records_list)
+        self.route("POST", records, self._records_create)
+        one = records + "/{dns_record_id}"
+        self.route("GET", one, self._records_get)
+        self.route("PUT", one, self._records_put)
+        self.route("PATCH", one, self._records_patch)
+        self.route("DELETE", one, self._records_delete)
+
+    def _page(self, request: Request, items: list[Any]) -> Response:
+        try:
+            page = max(1, int(float(request.query.get("page", 1))))
+            per_page = max(5, min(int(float(request.query.get("per_page", 20))), 50000))
+        except ValueError:
+            return self._error(400, 1001, "page and per_page must be numbers")
+        chosen = items[(page - 1) * per_page : page * per_page]
+        info = {
+            "page": page,
+            "per_page": per_page,
+            "count": len(chosen),
+            "total_count": len(items),
+            "total_pages": max(1, -(-len(items) // per_page)),
+        }
+        return Response(200, _envelope(chosen, result_info=info))
+
+    def _zone_json(self, zone: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": zone["id"],
+            "name": zone["name"],
+            "status": zone["status"],
+            "paused": False,
+            "type": "full",
+            "development_mode": 0,
+            "name_servers": ["ada.ns.cloudflare.com", "bob.ns.cloudflare.com"],
+            "original_name_servers": None,
+            "original_registrar": None,
+            "original_dnshost": None,
+            "created_on": "2024-01-01T00:00:00.000000Z",
+            "modified_on": "2024-01-01T00:00:00.000000Z",
+            "activated_on": "2024-01-01T00:00:00.000000Z",
+            "meta": {"step": 2, "custom_certificate_quota": 0, "page_rule_quota": 3},
+            "owner": {"id": None, "type": "user", "email": None},
+            "account": {"id": "0123456789abcdef0123456789abcdef", "name": "Operator"},
+            "permissions": ["#dns_records:edit", "#dns_records:read", "#zone:read"],
+            "plan": {"id": "0feeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "name": "Free Website"},
+        }
+
+    def _zones_list(self, request: Request) -> Response:
+        name = request.query.get("name", "").lower()
+        zones = [
+            self._zone_json(z)
+            for z in sorted(self.zones.values(), key=lambda z: z["name"])
+            if not name or z["name"] == name
+        ]
+        return self._page(request, zones)
+
+    def _zones_get(self, request: Request) -> Response:
+        zone = self.zones.get(request.params["zone_id"])
+        if zone is None:
+            return self._error(404, 1001, "Invalid zone identifier")
+        return Response(200, _envelope(self._zone_json(zone)))
+
+    # records
+
+    def _zone_or_error(self, request: Request) -> dict[str, Any] | Response:
+        zone = self.zones.get(request.params["zone_id"])
+        return zone if zone is not None else self._error(404, 7003, "Could not route to zone")
+
+    def _record_json(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k != "zone_id"}
+
+    def _records_list(self, request: Request) -> Response:
+        zone = self._zone_or_error(request)
+        if isinstance(zone, Response):
+            return zone
+        name = (request.query.get("name.exact") or request.query.get("name") or "").lower()
+        kind = request.query.get("type")
+        chosen = [
+            self._record_json(r)
+            for r in self.records.values()
+            if r["zone_id"] == zone["id"]
+            and (not name or r["name"] == name)
+            and (not kind or r["type"] == kind)
+        ]
+        return self._page(request, chosen)
+
+    def _validate(
+        self, zone: dict[str, Any], body: Any
+    ) -> tuple[dict[str, Any] | None, Response | None]:
+        if not isinstance(body, dict):
+            return None, self._error(400, 9207, "Request body is invalid.")
+        name = str(body.get("name") or "").lower().rstrip(".")
+        if name in ("", "@"):
+            name = zone["name"]
+        elif not (name == zone["name"] or name.endswith("." + zone["name"])):
+            name = f"{name}.{zone['name']}"
+        kind, content, ttl = body.get("type"), body.get("content"), body.get("ttl")
+        if kind not in ("A", "AAAA", "CNAME", "TXT"):
+            return None, self._error(400, 9004, "This record type is not supported by the fake")
+        if kind == "A":
+            try:
+                ipaddress.IPv4Address(str(content))
+            except ValueError:
+                return None, self._error(
+                    400, 9005, "Content for A record must be a valid IPv4 address."
+                )
+        if not isinstance(ttl, int) or not (ttl == 1 or 60 <= ttl <= 86400):
+            return None, self._error(
+                400, 9021, "Invalid TTL. Must be between 60 and 86400, or 1 for automatic."
+            )
+        proxied = bool(body.get("proxied", False))
+        fields = {
+            "name": name,
+            "type": kind,
+            "content": str(content),
+            "ttl": 1 if proxied else ttl,
+            "proxied": proxied,
+            "comment": body.get("comment"),
+            "tags": list(body.get("tags") or []),
+        }
+        return fields, None
+
+    def _conflict(
+        self, zone: dict[str, Any], fields: dict[str, Any], own_id: str | None
+    ) -> Response | None:
+        for other in self.records.values():
+            if (
+                other["zone_id"] != zone["id"]
+                or other["id"] == own_id
+                or other["name"] != fields["name"]
+            ):
+                continue
+            if (
+                "CNAME" in (other["type"], fields["type"])
+                and other["type"] != "TXT"
+                and fields["type"] != "TXT"
+            ):
+                return self._error(
+                    400, 81053, "An A, AAAA, or CNAME record with that host already exists."
+                )
+            if other["type"] == fields["type"] and other["content"] == fields["content"]:
+                return self._error(400, 81058, "An identical record already exists.")
+        return None
+
+    def _records_create(self, request: Request) -> Response:
+        zone = self._zone_or_error(request)
+        if isinstance(zone, Response):
+            return zone
+        fields, problem = self._validate(zone, request.body)
+        if problem is not None or fields is None:
+            return problem or self._error(400, 9207, "invalid")
+        conflict = self._conflict(zone, fields, None)
+        if conflict is not None:
+            return conflict
+        stamp = now_iso()
+        record = {
+            "id": uuid.uuid4().hex,
+            "zone_id": zone["id"],
+            **fields,
+            "proxiable": True,
+            "settings": {},
+            "meta": {},
+            "created_on": stamp,
+            "modified_on": stamp,
+        }
+        self.records[record["id"]] = record
+        return Response(200, _envelope(self._record_json(record)))
+
+    def _record_or_error(self, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
+        zone = self._zone_or_error(request)
+        if isinstance(zone, Response):
+            return None, zone
+        record = self.records.get(request.params["dns_record_id"])
+        if record is None or record["zone_id"] != zone["id"]:
+            return None, self._error(404, 81044, "Record does not exist.")
+        return record, None
+
+    def _records_get(self, request: Request) -> Response:
+        record, problem = self._record_or_error(request)
+        return problem or Response(200, _envelope(self._record_json(record or {})))
+
+    def _replace(self, request: Request, body: Any) -> Response:
+        record, problem = self._record_or_error(request)
+        if problem is not None or record is None:
+            return problem or self._error(404, 81044, "Record does not exist.")
+        zone = self.zones[record["zone_id"]]
+        fields, invalid = self._validate(zone, body)
+        if invalid is not None or fields is None:
+            return invalid or self._error(400, 9207, "invalid")
+        conflict = self._conflict(zone, fields, record["id"])
+        if conflict is not None:
+            return conflict
+        record.update(fields, modified_on=now_iso())
+        return Response(200, _envelope(self._record_json(record)))
+
+    def _records_put(self, request: Request) -> Response:
+        return self._replace(request, request.body)
+
+    def _records_patch(self, request: Request) -> Response:
+        record = self.records.get(request.params["dns_record_id"])
+        merged = {**(record or {}), **(request.body if isinstance(request.body, dict) else {})}
+        return self._replace(request, merged)
+
+    def _records_delete(self, request: Request) -> Response:
+        record, problem = self._record_or_error(request)
+        if problem is not None or record is None:
+            return problem or self._error(404, 81044, "Record does not exist.")
+        del self.records[record["id"]]
+        return Response(200, _envelope({"id": record["id"]}))
