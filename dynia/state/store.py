@@ -206,15 +206,16 @@ class Transaction:
             ) from exc
         if new == self._on_disk:
             return
-        _refuse_invalid(self.state, self._store.path)
+        _refuse_invalid(new, self._store.path)
         self._store._write(new, self._on_disk)
         self._on_disk = new
 
 
-def _refuse_invalid(state: State, path: Path) -> None:
-    data = state.to_dict()
+def _refuse_invalid(new: bytes, path: Path) -> None:
+    """Validate exactly the bytes about to be written, as the next load will read them."""
+    data = json.loads(new)
     try:
-        parse_state(json.loads(json.dumps(data)))
+        parse_state(data)
     except (ValueError, TypeError, KeyError) as exc:
         raise StateError(
             f"refusing to save an invalid state to {path}: {exc}",

@@ -32,7 +32,14 @@ _JSON_TYPE_NAMES = {
 
 # DigitalOcean personal, OAuth and refresh tokens.
 _DO_TOKEN_RE = re.compile(r"\bdo[opr]_v1_[0-9a-f]{64}\b")
-TOKEN_ENV_VARS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "CLOUDFLARE_API_TOKEN")
+# Where Dynia (and Dynia v1: DYNIA_DO_TOKEN, DYNIA_CF_TOKEN) read provider tokens from.
+TOKEN_ENV_VARS = (
+    "DIGITALOCEAN_TOKEN",
+    "DIGITALOCEAN_ACCESS_TOKEN",
+    "CLOUDFLARE_API_TOKEN",
+    "DYNIA_DO_TOKEN",
+    "DYNIA_CF_TOKEN",
+)
 
 
 def _kind(value: Any) -> str:
@@ -246,7 +253,8 @@ def _check_settings(base: str, settings: models.ClusterSettings) -> None:
 def find_secret(data: Any, secrets: list[str], path: str = "") -> str | None:
     """The path of the first string in ``data`` that holds a provider token, if any."""
     if isinstance(data, str):
-        hit = _DO_TOKEN_RE.search(data) or any(s in data for s in secrets)
+        # The substring test first: the regex alone is slow on multi-megabyte compose files.
+        hit = ("_v1_" in data and _DO_TOKEN_RE.search(data)) or any(s in data for s in secrets)
         return path if hit else None
     if isinstance(data, dict):
         children = [(_join(path, str(k)), v) for k, v in data.items()]
