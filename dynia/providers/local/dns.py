@@ -299,9 +299,14 @@ class LocalDnsProvider:
         path = self.zone_file(zone)
         _atomic_write(path, contents.to_text(sorted=True, relativize=True, want_origin=True))
         status = self.start()
+        old_servers: set[int] = set()
         if not status.started:
+            old_servers = _server_pids(self.config_path)
             os.kill(status.pid, signal.SIGHUP)
         self._wait_for_serial(zone, serial, status.port)
+        # NSD reloads by starting new server processes; the old ones keep answering (old data)
+        # until they exit, so the change is served by everyone only once they are gone.
+        self._wait_servers_gone(old_servers)
 
     def _apply_zone_set(self) -> None:
         """A running server reads zones only at start: restart it when the set changed."""
@@ -329,6 +334,9 @@ class LocalDnsProvider:
             "  server-count: 1",
             "  hide-version: yes",
             "  verbosity: 1",
+            # Rate limiting would drop the bursts of queries verify and tests send from loopback.
+            "  rrl-ratelimit: 0",
+            "  rrl-whitelist-ratelimit: 0",
             "remote-control:",
             "  control-enable: no",
         ]
@@ -403,7 +411,7 @@ class LocalDnsProvider:
             pid = self._running_pid()
             if pid is not None and _answers(port):
                 return pid
-            if pid is None and self.pid_path.exists():
+            if pid is None and _pidfile_process_gone(self.pid_path):
                 break  # the daemon wrote its pid and died
             time.sleep(0.01)
         output = self._log_since(log_offset)
@@ -436,10 +444,12 @@ class LocalDnsProvider:
         if pid is None:
             self.pid_path.unlink(missing_ok=True)
             return False
+        started = _server_pids(self.config_path, role="nsd") | {pid}
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, _STOP_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, _STOP_TIMEOUT)
+        if not _wait_gone(started, _STOP_TIMEOUT):
+            for leftover in started & _server_pids(self.config_path, role="nsd"):
+                os.kill(leftover, signal.SIGKILL)
+            _wait_gone(started, _STOP_TIMEOUT)
         self.pid_path.unlink(missing_ok=True)
         return True
 
@@ -455,6 +465,17 @@ class LocalDnsProvider:
             f"within {_RELOAD_TIMEOUT:.0f} s",
             hint=f"see {self.log_path} for the reason; check {self.zone_file(zone)}",
         )
+
+    def _wait_servers_gone(self, pids: set[int]) -> None:
+        deadline = time.monotonic() + _RELOAD_TIMEOUT
+        while pids & _server_pids(self.config_path):
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"the local DNS server's old processes {sorted(pids)} did not exit after "
+                    "a reload",
+                    hint=f"see {self.log_path}; stop() and start() the server",
+                )
+            time.sleep(0.005)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -607,21 +628,55 @@ def _free_port() -> int:
 def _is_our_server(pid: int, config_path: Path) -> bool:
     """A live (not zombie) process whose command line names this config: never a reused pid."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, IndexError):
+    except OSError:
         return False
-    return state != "Z" and str(config_path).encode() in argv
+    return _process_state(pid) not in (None, "Z") and str(config_path).encode() in argv
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
+def _process_state(pid: int) -> str | None:
+    """The one-letter state of a process, None when it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _pidfile_process_gone(pid_path: Path) -> bool:
+    """The pidfile holds a whole pid whose process has exited (a half-written file does not)."""
+    try:
+        pid = int(pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    return _process_state(pid) in (None, "Z")
+
+
+def _server_pids(config_path: Path, role: str = "nsd: server") -> set[int]:
+    """Live NSD processes for this config whose name starts with ``role``.
+
+    NSD names its processes "nsd: xfrd", "nsd: main" and "nsd: server N"; the command line
+    (with our config path) tells them apart from any other NSD on the machine.
+    """
+    pids = set()
+    needle = str(config_path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "comm").read_text().startswith(role):
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in argv and _process_state(int(entry.name)) not in (None, "Z"):
+            pids.add(int(entry.name))
+    return pids
+
+
+def _wait_gone(pids: set[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state == "Z":
+        if all(_process_state(pid) in (None, "Z") for pid in pids):
             return True
         time.sleep(0.01)
     return False
