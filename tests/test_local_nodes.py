@@ -1,0 +1,207 @@
+"""Local nodes: real systemd containers reached over SSH with pinned host keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from fleet_fixtures import local_fleet, unique_prefix
+
+from dynia.cli.main import cli
+from dynia.errors import ProviderError, UsageError
+from dynia.naming import new_node_name
+from dynia.providers.base import NodeProvider, NodeSpec
+from dynia.providers.local import testnodes
+from dynia.providers.local.engine import Docker, EngineUnavailableError
+from dynia.providers.local.nodes import LocalNodeProvider, network_name
+from dynia.services.local_setup import doctor
+from dynia.ssh import (
+    HostKeyMismatchError,
+    generate_key_pair,
+    read_known_hosts,
+    run_ssh,
+    ssh_command,
+)
+
+
+def leftovers(cluster: str) -> dict[str, list[str]]:
+    """Every Docker resource labelled for ``cluster``."""
+    docker = Docker()
+    label = f"label=dynia.cluster={cluster}"
+    return {
+        "containers": docker.text(["ps", "-a", "-q", "--filter", label]).split(),
+        "networks": docker.text(["network", "ls", "-q", "--filter", label]).split(),
+        "volumes": docker.text(["volume", "ls", "-q", "--filter", label]).split(),
+    }
+
+
+NOTHING = {"containers": [], "networks": [], "volumes": []}
+
+
+@pytest.mark.fleet
+def test_three_nodes_answer_over_pinned_ssh_and_leave_nothing(node_image: str) -> None:
+    started = time.monotonic()
+    with local_fleet(3, image=node_image) as fleet:
+        ready = time.monotonic() - started
+        print(f"\n3 nodes created and SSH-ready in {ready:.1f}s")
+        assert len(fleet.nodes) == 3 and leftovers(fleet.cluster)["volumes"]
+        pinned = read_known_hosts(fleet.known_hosts)
+        for node in fleet.nodes:
+            assert pinned[node.private_ip] == node.host_keys
+            out = fleet.ssh(node, "hostname; cat /etc/machine-id; systemctl is-system-running")
+            hostname, machine_id, system_state = out.split()
+            assert hostname == node.name
+            assert len(machine_id) == 32
+            assert system_state in {"running", "degraded"}, out
+        # Every node made its own identity at first boot.
+        assert len({tuple(node.host_keys) for node in fleet.nodes}) == 3
+        directory, cluster = fleet.directory, fleet.cluster
+        assert_inventory(fleet.inventory, fleet)
+    assert leftovers(cluster) == NOTHING
+    assert not (directory / "id_ed25519").exists() and not directory.exists()
+
+
+def assert_inventory(path: Path, fleet: object) -> None:
+    data = yaml.safe_load(path.read_text())
+    group = data["all"]["children"]["nodes"]
+    assert group["vars"]["reserved_ip"].endswith(".250")
+    for name, host in group["hosts"].items():
+        assert host["ansible_user"] == "root"
+        assert "StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"]
+        assert host["private_ip"] == host["ansible_host"]
+        assert host["node_interface"] == "eth0"
+        assert name in {node.name for node in fleet.nodes}  # type: ignore[attr-defined]
+
+
+@pytest.mark.fleet
+def test_node_services_are_ready_and_vm_like(local_nodes) -> None:
+    fleet = local_nodes(1)
+    node = fleet.nodes[0]
+    # The inner Docker engine, compose v1, and the packaged services installed but not clashing.
+    out = fleet.ssh(
+        node,
+        "timeout 60 sh -c 'until docker info >/dev/null 2>&1; do sleep 0.5; done';"
+        " docker info --format '{{.Driver}}'; docker-compose version --short;"
+        " ss -Hltn 'sport = :80' | wc -l; systemctl is-active caddy;"
+        " stat -c %Y /var/lib/apt/lists",
+    )
+    driver, compose, listeners_on_80, caddy, lists_mtime = out.split()
+    assert driver == "overlay2"
+    assert compose.startswith("1.")
+    assert listeners_on_80 == "0"
+    assert caddy == "active"
+    assert lists_mtime == "0"
+
+
+@pytest.mark.fleet
+def test_changed_host_key_is_refused(local_nodes) -> None:
+    fleet = local_nodes(1)
+    node = fleet.nodes[0]
+    # The node gets a new identity (as if replaced by someone else at the same address).
+    fleet.ssh(node, "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl restart ssh")
+    with pytest.raises(HostKeyMismatchError) as caught:
+        run_ssh(node.private_ip, fleet.private_key, fleet.known_hosts, "true")
+    assert node.private_ip in caught.value.message
+    # The pinned file was not changed by the refused connection.
+    assert read_known_hosts(fleet.known_hosts)[node.private_ip] == node.host_keys
+
+
+@pytest.mark.fleet
+def test_create_is_idempotent_by_name(local_nodes) -> None:
+    fleet = local_nodes(1)
+    provider = LocalNodeProvider(private_key_for=lambda _c: fleet.private_key)
+    assert isinstance(provider, NodeProvider)
+    node = fleet.nodes[0]
+    public_key = fleet.private_key.with_name("id_ed25519.pub").read_text()
+    again = provider.create_node(NodeSpec(fleet.cluster, node.name, "local", "c", public_key))
+    assert again == node
+    assert [n.name for n in provider.list_nodes(fleet.cluster)] == [node.name]
+    first = provider.allocate_reserved_ip(fleet.cluster, "local")
+    assert provider.allocate_reserved_ip(fleet.cluster, "local") == first == fleet.reserved_ip
+
+
+@pytest.mark.fleet
+def test_node_that_never_gets_ready_is_removed(node_image: str, tmp_path: Path) -> None:
+    cluster = unique_prefix("slow")
+    key = tmp_path / "id_ed25519"
+    public_key = generate_key_pair(key, "test")
+    provider = LocalNodeProvider(
+        image=node_image, private_key_for=lambda _c: key, ready_timeout=0.3
+    )
+    try:
+        with pytest.raises(ProviderError) as caught:
+            provider.create_node(NodeSpec(cluster, "lazy-sloth", "local", "c", public_key))
+        assert "'lazy-sloth'" in caught.value.message
+        assert "did not become SSH-ready within 0.3s" in caught.value.message
+        assert leftovers(cluster)["containers"] == [] and leftovers(cluster)["volumes"] == []
+    finally:
+        provider.delete_network(cluster)
+    assert leftovers(cluster) == NOTHING
+
+
+@pytest.mark.fleet
+def test_testnodes_command_up_and_down(node_image: str, tmp_path: Path) -> None:
+    prefix, directory = unique_prefix("mol"), tmp_path / "fleet"
+    try:
+        assert (
+            testnodes.main(["up", "--name", prefix, "--count", "2", "--dir", str(directory)]) == 0
+        )
+        described = json.loads((directory / "nodes.json").read_text())
+        assert described["network"]["name"] == network_name(prefix)
+        assert len(described["nodes"]) == 2
+        assert (directory / "id_ed25519").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert testnodes.main(["down", "--name", prefix, "--dir", str(directory)]) == 0
+    assert leftovers(prefix) == NOTHING
+    assert not directory.exists()
+
+
+def test_engine_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    dead = f"unix://{tmp_path}/no-engine.sock"
+    monkeypatch.setenv("DOCKER_HOST", dead)
+    with pytest.raises(EngineUnavailableError) as caught:
+        LocalNodeProvider().ensure_network("anything")
+    assert dead in caught.value.message and "dynia local setup" in (caught.value.hint or "")
+    engine = doctor()[0]
+    assert not engine.ok and dead in engine.detail and "DOCKER_HOST" in (engine.fix or "")
+    result = CliRunner().invoke(cli, ["local", "doctor"])
+    assert result.exit_code == 1
+    assert "FAIL docker engine" in result.output
+
+
+def test_ssh_command_always_checks_the_pinned_host_key(tmp_path: Path) -> None:
+    argv = ssh_command("10.0.0.5", tmp_path / "key", tmp_path / "known_hosts", "uptime")
+    options = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-o"]
+    # Exactly one host-key policy, and no way around the pinned file.
+    assert [o for o in options if o.startswith("StrictHostKeyChecking")] == [
+        "StrictHostKeyChecking=yes"
+    ]
+    assert [o for o in options if o.startswith("UserKnownHostsFile")] == [
+        f"UserKnownHostsFile={tmp_path / 'known_hosts'}"
+    ]
+    assert argv[-2:] == ["root@10.0.0.5", "uptime"]
+
+
+def test_key_pair_is_private_and_kept(tmp_path: Path) -> None:
+    key = tmp_path / "ssh" / "id_ed25519"
+    public = generate_key_pair(key, "c1")
+    assert public.startswith("ssh-ed25519 ")
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert generate_key_pair(key, "c1") == public
+
+
+def test_node_names_are_two_words_and_unique() -> None:
+    taken: set[str] = set()
+    for _ in range(50):
+        name = new_node_name(taken)
+        assert name not in taken and name.count("-") >= 1
+        taken.add(name)
+
+
+def test_bad_cluster_name_is_refused_before_docker_is_touched() -> None:
+    with pytest.raises(UsageError):
+        LocalNodeProvider().ensure_network("Bad_Name")
