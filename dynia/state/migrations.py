@@ -84,14 +84,22 @@ def _v0_field(record: Document, key: str, where: str) -> Any:
     return record[key]
 
 
+def _v0_priority(node: Document, where: str) -> int:
+    priority = _v0_field(node, "priority", where)
+    if isinstance(priority, bool) or not isinstance(priority, int | float):
+        raise ValueError(f"{where}.priority: expected a number, found {priority!r}")
+    return int(priority)
+
+
 def _v0_node(node: Document, cluster: str) -> Document:
-    where = f"clusterNodes[{cluster}]"
+    name = _v0_field(node, "twoWordId", f"clusterNodes[{cluster}]")
+    where = f"clusterNodes[{name}]"
     return {
-        "name": _v0_field(node, "twoWordId", where),
+        "name": name,
         "provider_id": str(_v0_field(node, "dropletId", where)),
         "public_ip": node.get("publicIp") or "",
         "private_ip": node.get("privateIp") or "",
-        "priority": int(_v0_field(node, "priority", where)),
+        "priority": _v0_priority(node, where),
         "status": "out-of-sync" if node.get("status") in _V0_RUNNING else "provisioning",
         # v1 never pinned host keys (it turned checking off): they are re-pinned on next contact.
         "host_keys": [],
