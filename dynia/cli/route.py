@@ -25,7 +25,10 @@ def route_group() -> None:
 @click.option("--service", required=True, help="Service that receives the traffic.")
 @click.pass_obj
 def bind_command(app: AppContext, domain: str, service: str) -> None:
-    """Route DOMAIN to SERVICE: render, sync, create the DNS record, verify."""
+    """Route DOMAIN to SERVICE: render, sync, create the DNS record, verify.
+
+    Example: dynia route bind --domain shop.example.com --service web
+    """
     warnings = bind_route(
         app.layout,
         store_of(app),
@@ -44,6 +47,9 @@ def bind_command(app: AppContext, domain: str, service: str) -> None:
 @click.option("--domain", required=True, help="Domain to stop routing.")
 @click.pass_obj
 def unbind_command(app: AppContext, domain: str) -> None:
-    """Delete DOMAIN's DNS record, then remove its route from every node."""
+    """Delete DOMAIN's DNS record, then remove its route from every node.
+
+    Example: dynia route unbind --domain shop.example.com
+    """
     unbind_route(app.layout, store_of(app), app.cluster_option, domain, progress_line, event_sink())
     click.echo(f"Unbound {domain}.")
