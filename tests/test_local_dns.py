@@ -205,6 +205,27 @@ def test_stale_pidfile_and_taken_port_do_not_break_it(provider: LocalDnsProvider
     assert saved == {"port": status.port}
 
 
+def test_server_whose_pidfile_was_lost_is_replaced_not_duplicated(
+    provider: LocalDnsProvider,
+) -> None:
+    provider.upsert_a_record("www.example.test", "10.5.5.5")
+    first = provider.start()
+    provider.pid_path.unlink()
+    assert not provider.is_running()
+
+    second = provider.start()
+    assert second.started and second.port == first.port and second.moved_from_port is None
+    assert _state(first.pid) in ("gone", "Z")  # the orphan was ended, not left beside it
+    assert ask(provider.resolver_address(), "www.example.test") == ("NOERROR", {"10.5.5.5"})
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_zones_from_the_home_config_via_the_registry(home: Path) -> None:
     layout = HomeLayout(home)
     home.mkdir(parents=True)

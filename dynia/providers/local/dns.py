@@ -376,7 +376,9 @@ class LocalDnsProvider:
     def _launch_locked(self, binary: str) -> ServerStatus:
         """Start NSD, retrying on another port if one is taken between check and bind."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._end_orphans()
         self.pid_path.unlink(missing_ok=True)  # stale: nothing of ours is running
+        _trim_log(self.log_path)
         moved_from: int | None = None
         for _ in range(_PORT_ATTEMPTS):
             port, previous = self._choose_port()
@@ -438,6 +440,15 @@ class LocalDnsProvider:
         except (FileNotFoundError, ValueError):
             return None
         return pid if _is_our_server(pid, self.config_path) else None
+
+    def _end_orphans(self) -> None:
+        """Stop servers this home started whose pidfile was lost, so they free the port."""
+        orphans = _server_pids(self.config_path, role="nsd")
+        for pid in orphans:
+            os.kill(pid, signal.SIGTERM)
+        if orphans and not _wait_gone(orphans, _STOP_TIMEOUT):
+            for pid in orphans & _server_pids(self.config_path, role="nsd"):
+                os.kill(pid, signal.SIGKILL)
 
     def _stop_locked(self) -> bool:
         pid = self._running_pid()
@@ -632,6 +643,13 @@ def _is_our_server(pid: int, config_path: Path) -> bool:
     except OSError:
         return False
     return _process_state(pid) not in (None, "Z") and str(config_path).encode() in argv
+
+
+def _trim_log(path: Path, limit: int = 1 << 20) -> None:
+    """NSD appends two lines per reload forever: start each server with a short log."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > limit:
+            path.unlink()
 
 
 def _process_state(pid: int) -> str | None:
