@@ -6,9 +6,9 @@ without loading pydo or cloudflare, which keeps commands that do not talk to a c
 
 from __future__ import annotations
 
-import importlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from dynia.errors import UsageError
 from dynia.paths import HomeLayout
@@ -21,19 +21,12 @@ class NodeProviderTraits:
     default_vrrp_advert_int: float
 
 
-NODE_PROVIDERS: dict[str, tuple[str, str, NodeProviderTraits]] = {
-    "local": ("dynia.providers.local.nodes", "LocalNodeProvider", NodeProviderTraits("vrrp", 0.5)),
-    "digitalocean": (
-        "dynia.providers.digitalocean",
-        "DigitalOceanNodeProvider",
-        NodeProviderTraits("api", 1.0),
-    ),
+NODE_PROVIDERS: dict[str, NodeProviderTraits] = {
+    "local": NodeProviderTraits("vrrp", 0.5),
+    "digitalocean": NodeProviderTraits("api", 1.0),
 }
 
-DNS_PROVIDERS: dict[str, tuple[str, str]] = {
-    "local": ("dynia.providers.local.dns", "LocalDnsProvider"),
-    "cloudflare": ("dynia.providers.cloudflare", "CloudflareDnsProvider"),
-}
+DNS_PROVIDERS = ("cloudflare", "local")
 
 
 def check_node_provider(name: str) -> str:
@@ -55,16 +48,38 @@ def check_dns_provider(name: str) -> str:
 
 
 def node_provider_traits(name: str) -> NodeProviderTraits:
-    return NODE_PROVIDERS[check_node_provider(name)][2]
+    return NODE_PROVIDERS[check_node_provider(name)]
 
 
 def get_node_provider(name: str, layout: HomeLayout) -> NodeProvider:
-    module_name, class_name, _ = NODE_PROVIDERS[check_node_provider(name)]
-    provider_class = getattr(importlib.import_module(module_name), class_name)
-    return provider_class(home=layout.root)
+    """The named node provider; its SDK is imported only now."""
+    if check_node_provider(name) == "local":
+        from dynia.providers.local.nodes import LocalNodeProvider
+
+        return LocalNodeProvider(home=layout.root)
+    from dynia.providers.digitalocean import DigitalOceanNodeProvider
+
+    return DigitalOceanNodeProvider()
+
+
+# The local DNS server serves the reserved `.test` TLD unless config.json lists other zones.
+LOCAL_DEFAULT_ZONES = ["test"]
 
 
 def get_dns_provider(name: str, layout: HomeLayout) -> DnsProvider:
-    module_name, class_name = DNS_PROVIDERS[check_dns_provider(name)]
-    provider_class = getattr(importlib.import_module(module_name), class_name)
-    return provider_class(home=layout)
+    """The named DNS provider; its SDK is imported only now."""
+    if check_dns_provider(name) == "local":
+        from dynia.providers.local.dns import LocalDnsProvider
+
+        zones = _config_value(layout, "local_dns_zones")
+        return LocalDnsProvider(layout, zones=zones or LOCAL_DEFAULT_ZONES)
+    from dynia.providers.cloudflare import CloudflareDnsProvider
+
+    return CloudflareDnsProvider()
+
+
+def _config_value(layout: HomeLayout, key: str) -> Any:
+    try:
+        return json.loads(layout.config_file.read_text()).get(key)
+    except (OSError, ValueError):
+        return None
