@@ -80,6 +80,12 @@ def spawn(script: str, *args: str, stdin: int | None = None) -> subprocess.Popen
     )
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "dynia-home"
@@ -303,6 +309,7 @@ def test_a_waiting_command_names_the_holder_and_gives_up_after_the_timeout(home:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
+        _stop(holder)
     message = caught.value.message
     assert message.startswith(f"state is locked by pid {holder.pid} (dynia deploy) since ")
     assert message.endswith("gave up after 0.5s")
@@ -331,15 +338,17 @@ def test_a_waiting_command_proceeds_when_the_holder_finishes(home: Path) -> None
             assert "held" in txn.state.clusters
             txn.state.clusters["after"] = cluster("after")
     finally:
-        holder.wait(timeout=30)
+        _stop(holder)
     assert sorted(store.load().clusters) == ["after", "held"]
 
 
 def test_a_killed_holder_never_blocks_and_its_record_is_not_believed(home: Path) -> None:
     holder = spawn(HOLDER, str(home), "dynia deploy", stdin=subprocess.PIPE)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
     store = StateStore(home, lock_timeout=0.5)
     stale = StateLock(store.lock_path, timeout=0).read_holder()
     assert stale is not None and stale.pid == holder.pid and stale.is_gone()
@@ -355,10 +364,14 @@ def test_twenty_concurrent_writers_lose_no_update_and_the_file_always_parses(hom
     names = [f"racer-{i:02d}" for i in range(20)]
     procs = [spawn(ADDER, str(home), name) for name in names]
     counts = []
-    while any(p.poll() is None for p in procs):
-        if store.path.exists():
-            counts.append(len(store.load().clusters))
-        time.sleep(0.005)
+    try:
+        while any(p.poll() is None for p in procs):
+            if store.path.exists():
+                counts.append(len(store.load().clusters))
+            time.sleep(0.005)
+    finally:
+        for proc in procs:
+            _stop(proc)
     errors = [p.stderr.read() for p in procs if p.returncode != 0 and p.stderr]
     assert errors == []
     assert counts == sorted(counts)
@@ -394,8 +407,11 @@ def test_a_writer_killed_mid_save_leaves_a_whole_valid_file(home: Path) -> None:
     # Keep killing until several rounds ran and at least one kill provably hit a write.
     while rounds < 8 or (mid_write == 0 and rounds < 30):
         writer = spawn(WRITER, str(home), str(last + 1_000))
-        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
-        _kill_when_writing(writer, home, rng)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+            _kill_when_writing(writer, home, rng)
+        finally:
+            _stop(writer)
         rounds += 1
         mid_write += bool(_temp_files(home))
         state = store.load()
