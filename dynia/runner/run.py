@@ -1,0 +1,126 @@
+"""ansible-runner invocation: a private, temporary data dir that never outlives the run.
+
+ansible-runner writes the whole environment of the run (tokens included) into its artifacts, so
+the data dir is created 0700 and removed when the run ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dynia.errors import RunnerError
+from dynia.runner.events import EventCollector, PlaybookResult, ProgressEvent
+
+
+def run_playbook(
+    project_dir: Path,
+    playbook: str,
+    *,
+    extra_vars: dict[str, Any] | None = None,
+    limit: str | None = None,
+    on_event: Callable[[ProgressEvent], None] | None = None,
+    check: bool = False,
+    raise_on_failure: bool = True,
+    hosts: Sequence[str] | None = None,
+) -> PlaybookResult:
+    """Run ``playbook`` of the generated project in ``project_dir`` (deploy-config/<cluster>).
+
+    ``hosts`` only orders the progress display (default: the cluster's nodes from the state the
+    inventory reads). Raises RunnerError naming the failed or unreachable nodes when the run
+    fails, unless ``raise_on_failure`` is false.
+    """
+    import ansible_runner
+
+    project_dir = Path(project_dir).resolve()
+    _check_project(project_dir, playbook)
+    collector = EventCollector(
+        hosts if hosts is not None else _inventory_hosts(project_dir, limit), on_event
+    )
+    data_dir = Path(tempfile.mkdtemp(prefix="dynia-run-"))  # mkdtemp makes it 0700
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(data_dir),
+            project_dir=str(project_dir),
+            playbook=playbook,
+            extravars=extra_vars or {},
+            limit=limit,
+            cmdline="--check" if check else None,
+            envvars={"ANSIBLE_CONFIG": str(project_dir / "ansible.cfg")},
+            binary=_ansible_playbook(),
+            event_handler=collector,
+            quiet=True,
+            suppress_env_files=True,
+        )
+        rc = int(runner.rc if runner.rc is not None else 1)
+        status = runner.status
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    result = collector.result(rc)
+    if raise_on_failure and not result.ok:
+        raise _failure(playbook, status, result)
+    return result
+
+
+def _ansible_playbook() -> str:
+    """The ansible-playbook installed beside this Python, even when its bin/ is not on PATH."""
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    return str(beside) if beside.exists() else "ansible-playbook"
+
+
+def _check_project(project_dir: Path, playbook: str) -> None:
+    for path in (project_dir / "ansible.cfg", project_dir / playbook):
+        if not path.is_file():
+            raise RunnerError(
+                f"{path} does not exist: {project_dir} is not a rendered Ansible project",
+                hint="run `dynia render` for this cluster first",
+            )
+
+
+def _inventory_hosts(project_dir: Path, limit: str | None) -> list[str]:
+    """Node names of the project's dynia inventory, sorted; empty when it cannot tell."""
+    try:
+        config = yaml.safe_load((project_dir / "inventory.yml").read_text())
+        state = json.loads(Path(config["state_file"]).read_text())
+        names = sorted(state["clusters"][config["cluster"]]["nodes"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    if limit:
+        wanted = {part.strip() for part in limit.split(",")}
+        names = [name for name in names if name in wanted] or names
+    return names
+
+
+def _failure(playbook: str, status: str, result: PlaybookResult) -> RunnerError:
+    unreachable = sorted(name for name, host in result.hosts.items() if host.unreachable)
+    failed = [name for name in result.failed_hosts if name not in unreachable]
+    parts = []
+    if unreachable:
+        parts.append(f"unreachable: {', '.join(unreachable)}")
+    if failed:
+        parts.append(f"failed: {', '.join(failed)}")
+    first = next(
+        (
+            f"{name}: {result.hosts[name].failures[-1]}"
+            for name in unreachable + failed
+            if result.hosts[name].failures
+        ),
+        None,
+    )
+    summary = "; ".join(parts) or f"ansible exited with rc {result.rc} ({status})"
+    message = f"{playbook} failed ({summary})" + (f"\n  {first}" if first else "")
+    hint = (
+        "check that the nodes are up and reachable over SSH (`dynia cluster show`)"
+        if unreachable
+        else "fix the cause above, then run the command again; other nodes were left as they were"
+    )
+    error = RunnerError(message, hint=hint)
+    error.result = result  # type: ignore[attr-defined]
+    return error
