@@ -218,6 +218,7 @@ def now_iso() -> str:
 def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
 
         def log_message(self, format: str, *args: Any) -> None:
             return  # keep test output clean; the exchange log holds what matters
