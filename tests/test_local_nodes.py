@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +20,9 @@ from dynia.naming import new_node_name
 from dynia.providers.base import NodeProvider, NodeSpec
 from dynia.providers.local import testnodes
 from dynia.providers.local.engine import Docker, EngineUnavailableError
+from dynia.providers.local.image import remove_build_tree
 from dynia.providers.local.nodes import LocalNodeProvider, network_name
-from dynia.services.local_setup import doctor
+from dynia.services.local_setup import EngineLayout, doctor, setup
 from dynia.ssh import (
     HostKeyMismatchError,
     generate_key_pair,
@@ -205,3 +209,39 @@ def test_node_names_are_two_words_and_unique() -> None:
 def test_bad_cluster_name_is_refused_before_docker_is_touched() -> None:
     with pytest.raises(UsageError):
         LocalNodeProvider().ensure_network("Bad_Name")
+
+
+@pytest.mark.fleet
+def test_setup_starts_an_engine_when_none_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path CI takes on a fresh machine, on a private socket so the machine's engine and
+    the other tests' nodes are untouched."""
+    root = Path(tempfile.mkdtemp(prefix="dyd-"))  # short: unix socket paths are limited
+    engine = EngineLayout.private(root)
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    lines: list[str] = []
+    result = None
+    try:
+        with pytest.raises(EngineUnavailableError):
+            Docker().ping(timeout=3)
+        result = setup(progress=lines.append, build_image=False, engine=engine)
+        assert result.started_engine_pid is not None
+        assert any(line.startswith("starting dockerd") for line in lines)
+        assert Docker().ping()
+        again = setup(progress=lines.append, build_image=False, engine=engine)
+        assert again.started_engine_pid is None  # idempotent: the running engine is kept
+    finally:
+        if result and result.started_engine_pid:
+            stop_process(result.started_engine_pid)
+        remove_build_tree(root)
+
+
+def stop_process(pid: int, timeout: float = 30.0) -> None:
+    """Stop the dockerd this test started and reap it (it is this process's child)."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)

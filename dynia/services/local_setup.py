@@ -34,6 +34,35 @@ ENGINE_START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
+class EngineLayout:
+    """Where an engine that setup starts listens and keeps its files.
+
+    The default is the machine's own engine; ``private(root)`` is a separate engine under one
+    folder (used to prove the start path without touching the machine's engine)."""
+
+    host: str = DEFAULT_SOCKET
+    flags: tuple[str, ...] = ()
+    log_file: Path = DOCKERD_LOG
+
+    @classmethod
+    def private(cls, root: Path) -> EngineLayout:
+        host = f"unix://{root}/docker.sock"
+        flags = (
+            f"--host={host}",
+            f"--data-root={root}/data",
+            f"--exec-root={root}/exec",
+            f"--pidfile={root}/docker.pid",
+        )
+        return cls(host=host, flags=flags, log_file=root / "dockerd.log")
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    started_engine_pid: int | None  # the dockerd this run started, if any
+    image_tag: str | None
+
+
+@dataclass(frozen=True)
 class Check:
     name: str
     ok: bool
@@ -138,18 +167,26 @@ def _check_dns_server() -> Check | None:
     return Check("dns server", False, f"{binary} is not installed", fix)
 
 
-def setup(progress: Progress, docker: Docker | None = None, build_image: bool = True) -> None:
+def setup(
+    progress: Progress,
+    docker: Docker | None = None,
+    build_image: bool = True,
+    engine: EngineLayout | None = None,
+) -> SetupResult:
     """Make this machine ready for the local provider; safe to run again."""
     docker = docker or Docker()
     can_fix = _can_fix_machine()
     if can_fix:
         _install_missing_packages(progress)
-    _ensure_engine(docker, can_fix, progress)
+    pid = _ensure_engine(docker, can_fix, engine or EngineLayout(), progress)
+    tag = None
     if build_image:
         result = ensure_node_image(docker=docker, progress=progress)
+        tag = result.tag
         if result.method == "existing":
             progress(f"node image {result.tag} already built")
     progress("local provider ready")
+    return SetupResult(started_engine_pid=pid, image_tag=tag)
 
 
 def _can_fix_machine() -> bool:
@@ -189,23 +226,28 @@ def _package_installed(name: str) -> bool:
     return result.returncode == 0 and "install ok installed" in result.stdout
 
 
-def _ensure_engine(docker: Docker, can_fix: bool, progress: Progress) -> None:
+def _ensure_engine(
+    docker: Docker, can_fix: bool, engine: EngineLayout, progress: Progress
+) -> int | None:
+    """Start an engine when none answers and this machine can be fixed; the started pid."""
     try:
         progress(f"Docker engine {docker.ping()} answers at {engine_location()}")
-        return
+        return None
     except EngineUnavailableError as exc:
-        if not can_fix or os.environ.get("DOCKER_HOST", DEFAULT_SOCKET) != DEFAULT_SOCKET:
+        # Only start the engine the client will talk to; DOCKER_HOST elsewhere is not ours.
+        if not can_fix or engine_location() != engine.host:
             raise EngineUnavailableError(exc.message, hint=_manual_engine_steps()) from exc
-    progress(f"starting dockerd (log: {DOCKERD_LOG})")
-    pid = start_dockerd(DOCKERD_LOG)
+    progress(f"starting dockerd (log: {engine.log_file})")
+    pid = start_dockerd(engine.log_file, engine.flags)
     try:
         version = wait_for_engine(docker, ENGINE_START_TIMEOUT)
     except EngineUnavailableError as exc:
         raise EngineUnavailableError(
             f"dockerd (pid {pid}) did not answer within {ENGINE_START_TIMEOUT:.0f}s",
-            hint=f"read {DOCKERD_LOG} for the reason",
+            hint=f"read {engine.log_file} for the reason",
         ) from exc
     progress(f"Docker engine {version} started (pid {pid})")
+    return pid
 
 
 def _manual_engine_steps() -> str:
