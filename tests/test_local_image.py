@@ -92,3 +92,27 @@ def test_recipe_hash_follows_the_recipe() -> None:
     assert recipe_hash() == recipe_hash()
     assert os.access(Path(__file__).parents[1] / "dynia/providers/local/image_recipe/customize.sh",
                      os.R_OK)  # fmt: skip
+
+
+@pytest.mark.fleet
+def test_dockerfile_path_builds_from_a_debian_base(node_image: str, tmp_path: Path) -> None:
+    """The path taken where a registry serves debian:bookworm. No registry here, so the base is
+    a Debian bookworm image this machine has: the node image itself."""
+    docker = Docker()
+    tag = f"dynia-test-{unique_prefix()}:dockerfile"
+    try:
+        result = ensure_node_image(
+            tag=tag, method="dockerfile", base_image=node_image, work_root=tmp_path
+        )
+        print(f"\nnode image build via Dockerfile: {result.seconds:.1f}s")
+        image = docker.inspect("image", [tag])[0]
+        assert image["Config"]["Labels"][RECIPE_LABEL] == recipe_hash()
+        assert image["Config"]["StopSignal"] == "SIGRTMIN+3"
+        listing = docker.text(
+            ["run", "--rm", "--network=none", "--entrypoint=/bin/sh", tag, "-c",
+             "ls /etc/ssh/ | grep -c ssh_host_ ; wc -c < /etc/machine-id"]
+        )  # fmt: skip
+        assert listing.split() == ["0", "0"]
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        docker.run(["image", "rm", "-f", tag], check=False)

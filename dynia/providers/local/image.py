@@ -69,10 +69,10 @@ def recipe_packages() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def dockerfile_text() -> str:
+def dockerfile_text(base_image: str = BASE_IMAGE) -> str:
     packages = " ".join(recipe_packages())
     return (
-        f"FROM {BASE_IMAGE}\n"
+        f"FROM {base_image}\n"
         "ENV DEBIAN_FRONTEND=noninteractive\n"
         f"RUN apt-get update && apt-get install -y --no-install-recommends {packages}\n"
         "COPY recipe /tmp/dynia-recipe\n"
@@ -119,12 +119,14 @@ def ensure_node_image(
     mirror: str | None = None,
     method: BuildMethod | None = None,
     work_root: Path | None = None,
+    base_image: str = BASE_IMAGE,
 ) -> BuildResult:
     """Return the node image, building it first if its tag is missing.
 
     ``tag`` defaults to the recipe-hash tag; ``mirror`` to ``$DYNIA_DEBIAN_MIRROR`` or Debian's;
     ``method`` is chosen automatically unless given; ``work_root`` holds the temporary build
-    folder (default: the system's temporary directory).
+    folder (default: the system's temporary directory); ``base_image`` is the Dockerfile
+    path's base (another Debian bookworm image, e.g. from a private registry).
     """
     docker = docker or Docker()
     docker.ping()
@@ -140,7 +142,7 @@ def ensure_node_image(
         progress(f"building node image {tag} via {method} (a few minutes, once)")
         with _build_dir(work_root) as build_dir:
             if method == "dockerfile":
-                _build_with_dockerfile(docker, build_dir, tag, mirror)
+                _build_with_dockerfile(docker, build_dir, tag, mirror, base_image)
             else:
                 _build_with_debootstrap(docker, build_dir, tag, mirror, progress)
     image_id = docker.text(["image", "inspect", "--format", "{{.Id}}", tag])
@@ -180,9 +182,12 @@ def remove_build_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _build_with_dockerfile(docker: Docker, build_dir: Path, tag: str, mirror: str) -> None:
+def _build_with_dockerfile(
+    docker: Docker, build_dir: Path, tag: str, mirror: str, base_image: str
+) -> None:
     shutil.copytree(RECIPE_DIR, build_dir / "recipe")
-    (build_dir / "Dockerfile").write_text(dockerfile_text().replace("$MIRROR", mirror))
+    dockerfile = dockerfile_text(base_image).replace("$MIRROR", mirror)
+    (build_dir / "Dockerfile").write_text(dockerfile)
     result = docker.run(
         [
             "build",
@@ -198,11 +203,20 @@ def _build_with_dockerfile(docker: Docker, build_dir: Path, tag: str, mirror: st
         timeout=1800,
     )
     if result.returncode != 0:
+        _remove_intermediate_images(docker, result.stdout.decode(errors="replace"))
         raise ImageBuildError(
-            f"building the node image {tag} from {BASE_IMAGE} failed:\n"
+            f"building the node image {tag} from {base_image} failed:\n"
             + _tail(result.stdout + result.stderr),
             hint="check that the Debian mirror is reachable from the Docker engine, then rerun",
         )
+
+
+def _remove_intermediate_images(docker: Docker, build_output: str) -> None:
+    """Drop the untagged layers a failed build committed (hundreds of MB). Layers that a tagged
+    image still uses refuse removal, which is what keeps this safe."""
+    layers = list(dict.fromkeys(re.findall(r"---> ([0-9a-f]{12})\b", build_output)))
+    for layer in reversed(layers):
+        docker.run(["image", "rm", layer], check=False)
 
 
 def _build_with_debootstrap(

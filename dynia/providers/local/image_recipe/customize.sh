@@ -35,7 +35,10 @@ install -d -m 0700 "$ROOT/root/.ssh"
 : > "$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
 ln -sf /etc/machine-id "$ROOT/var/lib/dbus/machine-id"
-rm -f "$ROOT/etc/hostname"
+# Docker gives each container its own /etc/hostname (bind-mounted during a Dockerfile build too).
+if [ -n "$ROOT" ]; then
+    rm -f "$ROOT/etc/hostname"
+fi
 
 # Units that make no sense in a container, or that would change the kernel shared with the host.
 for unit in getty.target console-getty.service getty@tty1.service \
