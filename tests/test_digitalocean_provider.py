@@ -418,3 +418,18 @@ def test_host_key_tag_round_trips(provider: DigitalOceanNodeProvider, key: str) 
     node = provider.create_node(_spec("ash-elk", key))
     kind, blob = node.host_keys[0].split()
     assert kind == "ssh-ed25519" and len(base64.b64decode(blob)) == 51
+
+
+def test_the_fake_serves_as_metadata_service_for_the_notify_script(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    a = provider.create_node(_spec("ash-elk", key))
+    b = provider.create_node(_spec("bold-fox", key))
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    provider.attach_reserved_ip(rip, a.provider_id)
+    fake.metadata_ids["127.0.0.1"] = int(b.provider_id)  # the script runs "on" bold-fox
+
+    script = _render_script(tmp_path, fake, rip.address, f"{fake.origin}/metadata/v1")
+    moved = _run(script)
+    assert moved.returncode == 0, moved.stderr
+    assert fake.backend.assignments[rip.address] == int(b.provider_id)

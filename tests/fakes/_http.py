@@ -1,9 +1,10 @@
 """The HTTP machinery both fake APIs share: a loopback server, routing, faults, an exchange log.
 
 A fake is a ``FakeApiServer`` subclass that registers routes and says how its errors look. It
-runs a ``ThreadingHTTPServer`` on 127.0.0.1 with a random port in a daemon thread while used as
-a context manager. Every exchange is recorded (``exchanges``) with the OpenAPI path template of
-the route that answered it, so conformance tests can check each body against the API's schema.
+runs a ``ThreadingHTTPServer`` on ``host`` (127.0.0.1 unless told otherwise, e.g. a bridge address
+nodes can reach) with a random port in a daemon thread while used as a context manager. Every
+exchange is recorded (``exchanges``) with the OpenAPI path template of the route that answered
+it, so conformance tests can check each body against the API's schema.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ class Request:
     body: Any
     headers: dict[str, str]
     params: dict[str, str] = field(default_factory=dict)  # captured from the route pattern
+    client: str = ""  # the caller's IP address
 
 
 @dataclass
 class Response:
     status: int
-    body: Any = None  # JSON-serialisable, or None for an empty body
+    body: Any = None  # JSON-serialisable, a str (sent as text/plain), or None for no body
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,8 +82,9 @@ class _Route:
 class FakeApiServer:
     """Base of the fake APIs: subclasses add routes and shape error bodies."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, host: str = "127.0.0.1") -> None:
         self.token = token
+        self.host = host
         self.exchanges: list[Exchange] = []
         self.lock = threading.RLock()
         self._routes: list[_Route] = []
@@ -99,7 +102,7 @@ class FakeApiServer:
         self.stop()
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -117,7 +120,7 @@ class FakeApiServer:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # -- routing and faults ------------------------------------------------------------------
 
@@ -233,15 +236,21 @@ def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 body = raw.decode("utf-8", "replace")
             query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
-            request = Request(self.command, parts.path, query, body, headers)
+            request = Request(
+                self.command, parts.path, query, body, headers, client=self.client_address[0]
+            )
             template, response = fake.dispatch(request)
             fake.record(request, template, response)
-            payload = b"" if response.body is None else json.dumps(response.body).encode()
+            if isinstance(response.body, str):
+                payload, kind = response.body.encode(), "text/plain; charset=utf-8"
+            else:
+                payload = b"" if response.body is None else json.dumps(response.body).encode()
+                kind = "application/json; charset=utf-8"
             self.send_response(response.status)
             for name, value in {**fake.common_headers(), **response.headers}.items():
                 self.send_header(name, value)
             if payload:
-                self.send_header("content-type", "application/json; charset=utf-8")
+                self.send_header("content-type", kind)
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

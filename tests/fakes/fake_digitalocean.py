@@ -8,7 +8,10 @@ Endpoints: ``/v2/account``; ``/v2/account/keys`` (list, create, get/delete by id
 fingerprint); ``/v2/droplets`` (list with ``tag_name`` or ``name``, create single, get, destroy);
 ``/v2/vpcs`` (list, create, get, delete: 403 while it has members); ``/v2/reserved_ips`` (list,
 create by region or droplet, get, delete) and its ``/actions`` (assign, unassign, list, get);
-``/v2/actions/{id}``.
+``/v2/actions/{id}``. Also the droplet metadata service's ``GET /metadata/v1/id`` (no token):
+it answers the id of the droplet whose public or private address the request comes from (or
+``metadata_ids[caller address]``), so the notify-master script can use the fake as its metadata
+service too. ``host=`` binds the fake to an address nodes can reach.
 
 Droplets become real through a :class:`DropletBackend`. The default,
 :class:`InMemoryDropletBackend`, gives each droplet a loopback "public" address with a port that
@@ -258,14 +261,16 @@ class FakeDigitalOcean(FakeApiServer):
         backend: DropletBackend | None = None,
         action_delay: float = 0.05,
         per_page_max: int = 200,
+        host: str = "127.0.0.1",
     ) -> None:
-        super().__init__(token)
+        super().__init__(token, host)
         self.backend: DropletBackend = backend or InMemoryDropletBackend()
         self.action_delay = action_delay
         self.per_page_max = per_page_max
         self.droplet_limit = 25
         self.stall_actions = False
         self.backend_errors: list[str] = []
+        self.metadata_ids: dict[str, int] = {}  # caller address -> droplet id, checked first
         self.droplets: dict[int, dict[str, Any]] = {}
         self.vpcs: dict[str, dict[str, Any]] = {}
         self.ssh_keys: dict[int, dict[str, Any]] = {}
@@ -330,6 +335,8 @@ class FakeDigitalOcean(FakeApiServer):
         self._accepted_token = self.token
 
     def authorized(self, request: Request) -> bool:
+        if request.path.startswith("/metadata/"):
+            return True  # the metadata service needs no token, as on a droplet
         return request.headers.get("authorization", "") == f"Bearer {self._accepted_token}"
 
     # -- shared answers ----------------------------------------------------------------------
@@ -430,6 +437,7 @@ class FakeDigitalOcean(FakeApiServer):
     # -- routes ------------------------------------------------------------------------------
 
     def _register_routes(self) -> None:
+        self.route("GET", "/metadata/v1/id", self._metadata_id)
         self.route("GET", "/v2/account", self._account)
         self.route("GET", "/v2/account/keys", self._keys_list)
         self.route("POST", "/v2/account/keys", self._keys_create)
@@ -453,6 +461,22 @@ class FakeDigitalOcean(FakeApiServer):
         self.route(
             "GET", "/v2/reserved_ips/{reserved_ip}/actions/{action_id}", self._rip_actions_get
         )
+
+    def _metadata_id(self, request: Request) -> Response:
+        """The metadata service's ``/metadata/v1/id``: the id of the droplet asking."""
+        droplet_id = self.metadata_ids.get(request.client)
+        if droplet_id is None:
+            droplet_id = next(
+                (
+                    d["id"]
+                    for d in self.droplets.values()
+                    if request.client in (d["public_ip"], d["private_ip"])
+                ),
+                None,
+            )
+        if droplet_id is None:
+            return Response(404, "not a droplet")
+        return Response(200, str(droplet_id))
 
     def _account(self, request: Request) -> Response:
         account = {
