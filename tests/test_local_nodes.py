@@ -22,6 +22,7 @@ from dynia.providers.local import testnodes
 from dynia.providers.local.engine import Docker, EngineUnavailableError
 from dynia.providers.local.image import remove_build_tree
 from dynia.providers.local.nodes import LocalNodeProvider, network_name
+from dynia.providers.local.testnodes import Fleet
 from dynia.services.local_setup import EngineLayout, doctor, setup
 from dynia.ssh import (
     HostKeyMismatchError,
@@ -69,7 +70,7 @@ def test_three_nodes_answer_over_pinned_ssh_and_leave_nothing(node_image: str) -
     assert not (directory / "id_ed25519").exists() and not directory.exists()
 
 
-def assert_inventory(path: Path, fleet: object) -> None:
+def assert_inventory(path: Path, fleet: Fleet) -> None:
     data = yaml.safe_load(path.read_text())
     group = data["all"]["children"]["nodes"]
     assert group["vars"]["reserved_ip"].endswith(".250")
@@ -78,7 +79,7 @@ def assert_inventory(path: Path, fleet: object) -> None:
         assert "StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"]
         assert host["private_ip"] == host["ansible_host"]
         assert host["node_interface"] == "eth0"
-        assert name in {node.name for node in fleet.nodes}  # type: ignore[attr-defined]
+        assert name in {node.name for node in fleet.nodes}
 
 
 @pytest.mark.fleet

@@ -32,7 +32,11 @@ LABEL_KIND = "dynia.kind"
 NODE_INTERFACE = "eth0"
 RESERVED_IP_HOST = 250  # host part of the Reserved IP, outside the range containers get
 SUBNET_POOLS = ("10.213.0.0/16", "172.29.0.0/16", "192.168.224.0/19")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,46}[a-z0-9]$|^[a-z0-9]$")
+_NAMES = {
+    # Node names become hostnames; cluster names only Docker object names (which allow "_").
+    "node": re.compile(r"^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?$"),
+    "cluster": re.compile(r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"),
+}
 
 # What boots systemd in a container where --privileged is refused (the engine itself lacks
 # CAP_SYS_RESOURCE): every capability but that one, no confinement, all devices.
@@ -67,10 +71,11 @@ def volume_name(cluster: str, node: str) -> str:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAMES[kind].match(value):
+        allowed = "dashes" if kind == "node" else "dashes or underscores"
         raise UsageError(
             f"invalid {kind} name {value!r}",
-            hint="use lowercase letters, digits and dashes (at most 48 characters)",
+            hint=f"use lowercase letters, digits and {allowed} (at most 48 characters)",
         )
     return value
 
@@ -184,12 +189,12 @@ class LocalNodeProvider:
         if existing:
             if not existing[0]["State"]["Running"]:
                 self.docker.run(["start", name])
-            return self._wait_ready(spec, name, network)
+            return self._wait_ready(spec, name, network, created=False)
         image = self._image or ensure_node_image(docker=self.docker, progress=self._progress).tag
         try:
             self._run_container(spec, name, network, image)
             self._authorize(name, spec.ssh_public_key)
-            return self._wait_ready(spec, name, network)
+            return self._wait_ready(spec, name, network, created=True)
         except BaseException:
             # Nothing half-made survives: a rerun must find a clean slate, not a broken node.
             self._remove_node_resources(spec.cluster, spec.name)
@@ -264,7 +269,9 @@ class LocalNodeProvider:
         line = public_key.strip() + "\n"
         self.docker.run(["exec", "-i", name, "sh", "-c", script], input_data=line.encode())
 
-    def _wait_ready(self, spec: NodeSpec, name: str, network: NetworkInfo) -> ProvisionedNode:
+    def _wait_ready(
+        self, spec: NodeSpec, name: str, network: NetworkInfo, created: bool
+    ) -> ProvisionedNode:
         deadline = time.monotonic() + self.ready_timeout
         problem = "the container did not start"
         while True:
@@ -282,7 +289,11 @@ class LocalNodeProvider:
         raise ProviderError(
             f"node {spec.name!r} of cluster {spec.cluster!r} did not become SSH-ready within "
             f"{self.ready_timeout:g}s: {problem}",
-            hint=f"see `docker logs {name}`; the node was removed, rerun to try again",
+            hint=(
+                "the new node was removed; rerun, or allow more time on a slow machine"
+                if created
+                else f"the node exists but does not answer: see `docker logs {name}`"
+            ),
         )
 
     def _login_problem(self, spec: NodeSpec, node: ProvisionedNode) -> str | None:
