@@ -103,6 +103,24 @@ def test_create_node_makes_a_tagged_droplet_in_the_cluster_vpc_with_a_pinned_hos
     assert node.host_keys[0] == public.decode()
 
 
+def test_network_planned_without_a_region_is_the_vpc_the_first_node_creates(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    fake.vpcs.clear()
+    taken = fake._make_vpc("someone-else", "fra1", None)["ip_range"]
+    provider = _provider(fake, region=None)  # as the services build it: no region known yet
+
+    planned = provider.ensure_network("prod")
+    assert not any(v["name"] == "dynia-prod" for v in fake.vpcs.values())  # only planned
+    assert not ipaddress.ip_network(planned.subnet).overlaps(ipaddress.ip_network(taken))
+
+    node = provider.create_node(_spec("misty-owl", key))
+    [vpc] = [v for v in fake.vpcs.values() if v["name"] == "dynia-prod"]
+    assert (vpc["region"], vpc["ip_range"]) == ("fra1", planned.subnet)
+    assert ipaddress.ip_address(node.private_ip) in ipaddress.ip_network(planned.subnet)
+    assert provider.ensure_network("prod") == planned
+
+
 def test_rerun_finds_the_droplet_and_recovers_its_host_key_without_duplicating(
     fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
 ) -> None:

@@ -328,16 +328,20 @@ class DigitalOceanNodeProvider:
 
     # -- network -------------------------------------------------------------------------------
 
+    def _vpcs(self) -> list[dict[str, Any]]:
+        return self._list_all("listing VPCs", self._client.vpcs.list, "vpcs")
+
     def _find_vpc(self, cluster: str) -> dict[str, Any] | None:
-        vpcs = self._list_all("listing VPCs", self._client.vpcs.list, "vpcs")
-        return next((v for v in vpcs if v.get("name") == f"dynia-{cluster}"), None)
+        return next((v for v in self._vpcs() if v.get("name") == f"dynia-{cluster}"), None)
 
     def _ensure_vpc(self, cluster: str, region: str) -> dict[str, Any]:
-        vpc = self._find_vpc(cluster)
+        vpcs = self._vpcs()
+        vpc = next((v for v in vpcs if v.get("name") == f"dynia-{cluster}"), None)
         if vpc is None:
             body = {
                 "name": f"dynia-{cluster}",
                 "region": region,
+                "ip_range": _plan_ip_range(cluster, [v.get("ip_range", "") for v in vpcs]),
                 "description": f"Private network of Dynia cluster {cluster}",
             }
             vpc = self._call(f"creating VPC dynia-{cluster}", self._client.vpcs.create, body)["vpc"]
@@ -349,18 +353,20 @@ class DigitalOceanNodeProvider:
         return vpc
 
     def ensure_network(self, cluster: str, region: str | None = None) -> NetworkInfo:
-        """The cluster VPC (created on first use) in ``region`` or the provider's region."""
+        """The cluster VPC: found, created (when a region is known) or planned.
+
+        Without a region (neither the argument nor the provider's) the VPC cannot be created
+        yet; its address range is planned instead, and the first ``create_node`` creates the
+        VPC with exactly that range in the node's region.
+        """
         region = region or self.region
-        if not region:
-            existing = self._find_vpc(cluster)
-            if existing is None:
-                raise ProviderError(
-                    f"no region known for the network of cluster {cluster}",
-                    hint="pass --region when creating the cluster",
-                )
-            region = existing["region"]
-        vpc = self._ensure_vpc(cluster, region)
-        return NetworkInfo(name=vpc["name"], subnet=vpc["ip_range"], interface=PRIVATE_INTERFACE)
+        if region:
+            vpc = self._ensure_vpc(cluster, region)
+            return NetworkInfo(vpc["name"], vpc["ip_range"], PRIVATE_INTERFACE)
+        vpcs = self._vpcs()
+        vpc = next((v for v in vpcs if v.get("name") == f"dynia-{cluster}"), None)
+        subnet = vpc["ip_range"] if vpc else _plan_ip_range(cluster, [v["ip_range"] for v in vpcs])
+        return NetworkInfo(f"dynia-{cluster}", subnet, PRIVATE_INTERFACE)
 
     def delete_network(self, cluster: str) -> None:
         """Delete the cluster VPC and its SSH key; waits (bounded) for the VPC to empty."""
@@ -638,6 +644,31 @@ class DigitalOceanNodeProvider:
             return True
 
         self._wait(f"reserved IP {ip.address} to be released", self.timeouts.action, delete)
+
+
+def _plan_ip_range(cluster: str, taken: list[str]) -> str:
+    """A /24 for the cluster VPC in 10.100.0.0-10.199.255.0 that overlaps no existing VPC.
+
+    Derived from the cluster name, so planning twice against the same account gives the same
+    range (``ensure_network`` may plan before ``create_node`` creates).
+    """
+    used = []
+    for cidr in taken:
+        try:
+            used.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            continue
+    slots = 100 * 256
+    start = int.from_bytes(hashlib.sha256(cluster.encode()).digest()[:4], "big") % slots
+    for offset in range(slots):
+        slot = (start + offset) % slots
+        candidate = ipaddress.ip_network(f"10.{100 + slot // 256}.{slot % 256}.0/24")
+        if not any(candidate.overlaps(other) for other in used):
+            return str(candidate)
+    raise ProviderError(
+        "no free /24 left in 10.100.0.0/9 for a new cluster VPC",
+        hint="delete unused VPCs on the DigitalOcean account",
+    )
 
 
 def _api_message(exc: HttpResponseError) -> str:

@@ -729,6 +729,17 @@ class FakeDigitalOcean(FakeApiServer):
             return self._error(422, "name may contain only alphanumerics, dashes and periods")
         if any(v["name"] == name for v in self.vpcs.values()):
             return self._error(422, "A VPC with this name already exists in your account")
+        ip_range = body.get("ip_range")
+        if ip_range is not None:
+            try:
+                network = ipaddress.ip_network(str(ip_range))
+            except ValueError:
+                return self._error(422, "ip_range must be an IPv4 CIDR")
+            if not network.is_private or not 16 <= network.prefixlen <= 28:
+                return self._error(422, "ip_range must be an RFC1918 range between /16 and /28")
+            taken = [ipaddress.ip_network(v["ip_range"]) for v in self.vpcs.values()]
+            if any(network.overlaps(other) for other in taken):
+                return self._error(422, "ip_range overlaps another VPC network in your account")
         vpc = self._make_vpc(str(name), str(region), body.get("ip_range"))
         return Response(201, {"vpc": self._vpc_json(vpc)})
 
