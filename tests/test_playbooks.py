@@ -1,0 +1,173 @@
+"""The playbooks on three real local nodes, through the runner and through ansible-playbook."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from ansible_fixtures import AnsibleCluster
+
+from dynia.errors import RunnerError
+from dynia.runner import run_playbook
+
+pytestmark = pytest.mark.fleet
+
+CADDYFILE = "/etc/caddy/Caddyfile"
+RECAP = re.compile(
+    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
+)
+
+
+def _expected_sha(cluster: AnsibleCluster, target: str) -> str:
+    return next(f["sha256"] for f in cluster.manifest()["files"] if f["target"] == target)
+
+
+def _recap(output: str) -> dict[str, tuple[int, int, int]]:
+    return {m[1]: (int(m[3]), int(m[4]), int(m[5])) for m in RECAP.finditer(output)}
+
+
+def test_noop_sync_changes_nothing(bootstrapped_cluster: AnsibleCluster) -> None:
+    started = time.monotonic()
+    result = run_playbook(bootstrapped_cluster.project, "sync.yml")
+    elapsed = time.monotonic() - started
+    print(f"no-op sync of 3 nodes: {elapsed:.1f} s")
+    assert result.ok
+    assert sorted(result.hosts) == bootstrapped_cluster.node_names
+    assert {name: host.changed for name, host in result.hosts.items()} == dict.fromkeys(
+        bootstrapped_cluster.node_names, 0
+    )
+    assert result.changed_files == {}
+    assert elapsed < 10
+
+
+def test_drift_check_reports_the_hand_edit_and_sync_fixes_only_it(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    victim = cluster.node_names[1]
+    cluster.ssh(victim, f"echo '# edited by hand' >> {CADDYFILE}")
+    edited_sha = cluster.remote_sha256(victim, CADDYFILE)
+
+    started = time.monotonic()
+    drift = run_playbook(cluster.project, "drift-check.yml")
+    elapsed = time.monotonic() - started
+    print(f"drift-check of 3 nodes: {elapsed:.1f} s")
+    assert drift.ok and elapsed < 5
+    assert {node: entries for node, entries in drift.reports.items() if entries} == {
+        victim: [
+            {
+                "node": victim,
+                "path": CADDYFILE,
+                "reasons": ["content"],
+                "expected": _expected_sha(cluster, CADDYFILE),
+                "actual": edited_sha,
+                "mode_expected": "0644",
+                "mode_actual": "0644",
+                "owner_expected": "root",
+                "owner_actual": "root",
+                "group_expected": "root",
+                "group_actual": "root",
+            }
+        ]
+    }
+    # Read-only even without --check: the edit is still there.
+    assert cluster.remote_sha256(victim, CADDYFILE) == edited_sha
+
+    synced = run_playbook(cluster.project, "sync.yml")
+    assert synced.changed_files == {victim: [CADDYFILE]}
+    assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+    others = [name for name in cluster.node_names if name != victim]
+    assert all(synced.hosts[name].changed == 0 for name in others)
+    assert not any(run_playbook(cluster.project, "drift-check.yml").reports.values())
+
+
+def test_ansible_playbook_by_hand_matches_the_runner(bootstrapped_cluster: AnsibleCluster) -> None:
+    cluster = bootstrapped_cluster
+    victim = cluster.node_names[2]
+    graph = cluster.ansible("ansible-inventory", "--graph")
+    assert graph.returncode == 0, graph.stderr
+    assert f"@dynia_{cluster.cluster.name}" in graph.stdout and victim in graph.stdout
+
+    recaps = []
+    for run in ("by hand", "runner"):
+        cluster.ssh(victim, f"echo '# drift' >> {CADDYFILE}; chmod 0600 {CADDYFILE}")
+        if run == "by hand":
+            proc = cluster.ansible("ansible-playbook", "sync.yml")
+            assert proc.returncode == 0, proc.stdout[-3000:]
+            recaps.append(_recap(proc.stdout))
+        else:
+            result = run_playbook(cluster.project, "sync.yml")
+            recaps.append(
+                {n: (h.changed, int(h.unreachable), h.failed) for n, h in result.hosts.items()}
+            )
+            assert result.changed_files == {victim: [CADDYFILE]}
+        assert cluster.ssh(victim, f"stat -c %a {CADDYFILE}").strip() == "644"
+        assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+    assert recaps[0] == recaps[1]
+    assert recaps[0][victim][0] > 0
+
+
+def test_failed_health_check_restores_the_node_and_stops_the_roll(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    caddyfile = cluster.project / "caddy" / "Caddyfile"
+    good = caddyfile.read_bytes()
+    original_sha = _expected_sha(cluster, CADDYFILE)
+    # A valid Caddyfile whose health endpoint answers 503: validation passes, health fails.
+    broken = good.replace(b'respond "ok', b'respond "broken').replace(b'" 200', b'" 503')
+    assert broken != good
+    _replace_in_deploy_config(cluster, "caddy/Caddyfile", broken)
+    try:
+        with pytest.raises(RunnerError) as caught:
+            run_playbook(cluster.project, "sync.yml")
+    finally:
+        cluster.render()
+    error = caught.value
+    result = error.result  # type: ignore[attr-defined]
+    failed = result.failed_hosts
+    assert len(failed) == 1
+    first = failed[0]
+    assert first in str(error) and "health" in str(error)
+    # The failing node has its previous Caddyfile back; the roll stopped before the others.
+    assert cluster.remote_sha256(first, CADDYFILE) == original_sha
+    assert len(result.hosts) == 1
+    assert cluster.ssh(first, "curl -s http://127.0.0.1:8080/dynia-health").startswith("ok ")
+    assert run_playbook(cluster.project, "sync.yml").changed == 0
+
+
+def _replace_in_deploy_config(cluster: AnsibleCluster, source: str, content: bytes) -> None:
+    import hashlib
+
+    (cluster.project / source).write_bytes(content)
+    manifest = cluster.manifest()
+    for entry in manifest["files"]:
+        if entry["source"] == source:
+            entry["sha256"] = hashlib.sha256(content).hexdigest()
+    (cluster.project / "metadata.json").write_text(json.dumps(manifest, indent=2))
+
+
+def test_no_token_lands_on_disk(
+    bootstrapped_cluster: AnsibleCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "dop_v1_" + os.urandom(16).hex()
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.iterdir())
+    cluster = bootstrapped_cluster
+    cluster.ssh(cluster.node_names[0], f"echo '# drift' >> {CADDYFILE}")
+    run_playbook(cluster.project, "drift-check.yml")
+    run_playbook(cluster.project, "sync.yml")
+    new_in_tmp = set(tmp.iterdir()) - before
+    assert not [p for p in new_in_tmp if p.name.startswith("dynia-run-")]
+    folders = [cluster.layout.root, cluster.fleet.directory, Path.home() / ".ansible", *new_in_tmp]
+    found = subprocess.run(
+        ["grep", "-rlsF", token, *map(str, folders)], capture_output=True, text=True, check=False
+    )
+    assert found.stdout == "", f"token found in {found.stdout}"
