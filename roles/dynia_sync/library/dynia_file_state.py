@@ -81,14 +81,14 @@ def actual_state(path: str) -> dict:
     return {
         "exists": True,
         "sha256": _sha256(path) if os.path.isfile(path) else None,
-        "mode": "%04o" % (info.st_mode & 0o7777),
+        "mode": f"{info.st_mode & 0o7777:04o}",
         "owner": _name(pwd.getpwuid, info.st_uid),
         "group": _name(grp.getgrgid, info.st_gid),
     }
 
 
 def _normal_mode(mode):
-    return None if mode is None else "%04o" % int(str(mode), 8)
+    return None if mode is None else f"{int(str(mode), 8):04o}"
 
 
 def drift_entry(node: str, expected: dict, actual: dict) -> dict | None:
@@ -134,7 +134,7 @@ def main() -> None:
     states, drift = {}, []
     for expected in module.params["files"]:
         if "target" not in expected or "sha256" not in expected:
-            module.fail_json(msg="each entry of 'files' needs 'target' and 'sha256': %r" % expected)
+            module.fail_json(msg=f"each entry of 'files' needs 'target' and 'sha256': {expected!r}")
         actual = actual_state(expected["target"])
         states[expected["target"]] = actual
         entry = drift_entry(node, expected, actual)
