@@ -87,7 +87,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         nodes = sorted(cluster.get("nodes", {}).values(), key=lambda n: n["name"])
         master = _master_name(nodes)
         cluster_group = "dynia_" + cluster_name.replace("-", "_")
-        provider_group = "provider_" + str(cluster.get("node_provider", "unknown")).replace("-", "_")
+        provider_group = "provider_" + str(cluster.get("node_provider", "unknown")).replace(
+            "-", "_"
+        )
         for group in (cluster_group, "master", "backup", provider_group):
             self.inventory.add_group(group)
         common_args = (

@@ -7,6 +7,7 @@ the data dir is created 0700 and removed when the run ends, whatever happens.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -53,8 +54,7 @@ def run_playbook(
             extravars=extra_vars or {},
             limit=limit,
             cmdline="--check" if check else None,
-            envvars={"ANSIBLE_CONFIG": str(project_dir / "ansible.cfg")},
-            binary=_ansible_playbook(),
+            envvars={"ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"), "PATH": _search_path()},
             event_handler=collector,
             quiet=True,
             suppress_env_files=True,
@@ -69,10 +69,9 @@ def run_playbook(
     return result
 
 
-def _ansible_playbook() -> str:
-    """The ansible-playbook installed beside this Python, even when its bin/ is not on PATH."""
-    beside = Path(sys.executable).parent / "ansible-playbook"
-    return str(beside) if beside.exists() else "ansible-playbook"
+def _search_path() -> str:
+    """PATH with this Python's bin/ first: its ansible-playbook is the one that matches us."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def _check_project(project_dir: Path, playbook: str) -> None:
