@@ -9,7 +9,13 @@ from dynia.services import local_setup
 
 @click.group("local")
 def local_group() -> None:
-    """Set up and check the local provider (Docker engine, node image, DNS server)."""
+    """Set up and check the local provider (Docker engine, node image, DNS server).
+
+    \b
+    Example:
+      dynia local setup
+      dynia local doctor
+    """
 
 
 @local_group.command("doctor")
