@@ -28,13 +28,25 @@ def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
     started = time.perf_counter()
     done = dynia(tmp_path, "--help", check=True)
     elapsed = time.perf_counter() - started
-    for command in ("context", "cluster", "render", "sync", "drift-check", "deploy", "route",
-                    "repair", "cert", "local"):
+    for command in (
+        "context",
+        "cluster",
+        "render",
+        "sync",
+        "drift-check",
+        "deploy",
+        "route",
+        "repair",
+        "cert",
+        "local",
+    ):
         assert command in done.stdout
     assert elapsed < 0.3 + 0.2, f"dynia --help took {elapsed:.2f}s"  # 0.2 s of interpreter start
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "dynia.cli", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for heavy in ("ansible", "pydo", "cloudflare", "ansible_runner"):
         assert f" {heavy}\n" not in probe.stderr and f" {heavy}." not in probe.stderr
@@ -42,9 +54,20 @@ def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["context"], ["cluster"], ["cluster", "create"], ["cluster", "node", "add"], ["render"],
-     ["sync"], ["drift-check"], ["deploy"], ["route", "bind"], ["repair"], ["cert", "rotate"],
-     ["local"]],
+    [
+        ["context"],
+        ["cluster"],
+        ["cluster", "create"],
+        ["cluster", "node", "add"],
+        ["render"],
+        ["sync"],
+        ["drift-check"],
+        ["deploy"],
+        ["route", "bind"],
+        ["repair"],
+        ["cert", "rotate"],
+        ["local"],
+    ],
 )
 def test_every_command_has_help_with_an_example(tmp_path: Path, args: list[str]) -> None:
     done = dynia(tmp_path, *args, "--help", check=True)
@@ -94,8 +117,14 @@ def test_cluster_list_and_show_json_shapes(tmp_path: Path) -> None:
     save_sample(tmp_path)
     listed = json.loads(dynia(tmp_path, "cluster", "list", "--json", check=True).stdout)
     assert listed["clusters"][0] == {
-        "name": "demo", "current": True, "status": "serving", "node_provider": "local",
-        "dns_provider": "local", "region": "local", "nodes": 3, "services": 1,
+        "name": "demo",
+        "current": True,
+        "status": "serving",
+        "node_provider": "local",
+        "dns_provider": "local",
+        "region": "local",
+        "nodes": 3,
+        "services": 1,
         "reserved_ip": "172.30.9.250",
     }
     shown = json.loads(dynia(tmp_path, "cluster", "show", "--json", check=True).stdout)
@@ -108,8 +137,10 @@ def test_cluster_list_and_show_json_shapes(tmp_path: Path) -> None:
     [
         (["cluster", "create", "--name", "Bad_Name", "--plan-only"], "invalid cluster name"),
         (["cluster", "create", "--name", "ok", "--nodes", "0", "--plan-only"], "--nodes"),
-        (["cluster", "create", "--name", "ok", "--node-provider", "aws", "--plan-only"],
-         "unknown node provider"),
+        (
+            ["cluster", "create", "--name", "ok", "--node-provider", "aws", "--plan-only"],
+            "unknown node provider",
+        ),
         (["deploy", "--name", "Web!", "--compose", "x.yml"], "invalid service name"),
         (["route", "bind", "--domain", "not a domain", "--service", "web"], "invalid domain"),
     ],

@@ -74,9 +74,7 @@ def test_manifest_names_targets_components_and_nodes(layout: HomeLayout) -> None
     assert by_source["haproxy/haproxy.cfg"]["nodes"] == ["amber-elk", "misty-owl", "quiet-fox"]
     assert by_source["keepalived/quiet-fox.conf"]["nodes"] == ["quiet-fox"]
     assert by_source["services/web/docker-compose.yml"]["component"] == "service:web"
-    assert manifest["components"]["service:web"]["health_url"] == (
-        "http://127.0.0.1:20000/healthz"
-    )
+    assert manifest["components"]["service:web"]["health_url"] == ("http://127.0.0.1:20000/healthz")
     targets = [(e["target"], e["source"]) for e in manifest["files"]]
     assert targets == sorted(targets)
 

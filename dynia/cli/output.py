@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from dynia.cli.context_obj import AppContext
-from dynia.state import StateStore
+from dynia.state import LockHolder, StateStore
 
 JSON_OPTION_HELP = "Print one JSON document (stable keys) instead of text."
 
@@ -18,7 +18,13 @@ def emit_json(data: Any) -> None:
 
 
 def store_of(app: AppContext) -> StateStore:
-    return StateStore(app.home)
+    """The state store; while another command holds its lock, say who is being waited for."""
+
+    def waiting(holder: LockHolder | None) -> None:
+        who = holder.describe() if holder else "another dynia command"
+        progress_line(f"Waiting for the state lock held by {who} ...")
+
+    return StateStore(app.home, on_wait=waiting)
 
 
 def progress_line(message: str) -> None:
