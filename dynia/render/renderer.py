@@ -18,15 +18,27 @@ from typing import Any
 
 import jinja2
 
-from dynia.errors import RenderError
+from dynia.errors import ProviderError, RenderError
 from dynia.paths import HomeLayout, shipped_dir
 from dynia.providers import node_provider_traits
+from dynia.providers.credentials import Secret, lookup_token
 from dynia.render import variables
 from dynia.render.compose import node_compose, parse_compose
 from dynia.state.models import Cluster
 
 MANIFEST_SCHEMA = 1
 SERVICES_ROOT = "/opt/dynia/services"
+# The notify-master script and its token are not keepalived configuration: keepalived runs the
+# script afresh on each transition, so a change needs no reload, and the config validator (which
+# checks every "keepalived" file with `keepalived -t`) must never read, or echo, the token.
+NOTIFY_COMPONENT = "keepalived-notify"
+FAILOVER_TOKEN_ENV = "DIGITALOCEAN_FAILOVER_TOKEN"
+TOKEN_ENV = "DIGITALOCEAN_TOKEN"
+FAILOVER_TOKEN_SCOPES = (
+    "the nodes' failover token needs only the reserved_ip:read, reserved_ip:update, "
+    "droplet:read and actions:read scopes; set DIGITALOCEAN_FAILOVER_TOKEN to such a token, "
+    "or DIGITALOCEAN_TOKEN is used"
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,7 @@ class Renderer:
                 )
             )
         files.extend(self._keepalived_files(cluster))
+        files.extend(self._notify_master_files(cluster, nodes))
         files.extend(self._service_files(cluster, nodes))
         return sorted(files, key=lambda f: (f.target, f.source))
 
@@ -158,6 +171,45 @@ class Renderer:
             )
             for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
         ]
+
+    def _notify_master_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
+        """Where the provider moves the Reserved IP by API: the script and its root-only token.
+
+        The token file is rendered whenever a token is at hand (every command that provisions
+        has one). Without one (an offline ``dynia render``) it is left out of the manifest, and
+        a sync then leaves the token the nodes already hold untouched.
+        """
+        mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
+        if mode != "api" or cluster.reserved_ip is None or not nodes:
+            return []
+        script = _render(
+            self.env,
+            "keepalived/notify-master-digitalocean.sh.j2",
+            variables.notify_master_vars(cluster),
+        )
+        files = [
+            RenderedFile(
+                "keepalived/notify-master.sh",
+                variables.NOTIFY_MASTER_TARGET,
+                script,
+                NOTIFY_COMPONENT,
+                nodes,
+                mode="0700",
+            )
+        ]
+        token = _failover_token()
+        if token is not None:
+            files.append(
+                RenderedFile(
+                    "secrets/digitalocean-token",
+                    variables.DIGITALOCEAN_TOKEN_TARGET,
+                    token.reveal().encode() + b"\n",
+                    NOTIFY_COMPONENT,
+                    nodes,
+                    mode="0600",
+                )
+            )
+        return files
 
     def _service_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
         files = []
@@ -265,6 +317,16 @@ class Renderer:
         contents.update(self.ansible_project(cluster, target))
         _write_swapped(target, contents, {f.source: f.mode for f in files})
         return RenderResult(directory=target, files=files)
+
+
+def _failover_token() -> Secret | None:
+    """The token the nodes use to move the Reserved IP: the narrow one if set, else the main."""
+    for name in (FAILOVER_TOKEN_ENV, TOKEN_ENV):
+        try:
+            return lookup_token(name, scopes_hint=FAILOVER_TOKEN_SCOPES)
+        except ProviderError:
+            continue
+    return None
 
 
 def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from dynia.state.models import Cluster, Node
@@ -11,6 +12,17 @@ HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"
 HAPROXY_BACKEND = "dynia_nodes"
 HAPROXY_CERT_TARGET = "/etc/haproxy/certs/cluster.pem"
 NOTIFY_MASTER_TARGET = "/etc/keepalived/dynia-notify-master.sh"
+DIGITALOCEAN_TOKEN_TARGET = "/etc/dynia/digitalocean-token"
+# Where the notify-master script talks to DigitalOcean; both overridable for a test API.
+DIGITALOCEAN_API_URL_ENV = "DIGITALOCEAN_API_URL"
+DIGITALOCEAN_METADATA_URL_ENV = "DIGITALOCEAN_METADATA_URL"
+DEFAULT_DIGITALOCEAN_API_URL = "https://api.digitalocean.com"
+DEFAULT_DIGITALOCEAN_METADATA_URL = "http://169.254.169.254/metadata/v1"
+# Where the provider moves the Reserved IP by API, keepalived carries no real address, but
+# keepalived 2.x drops (VRRPv3) or rejects in `keepalived -t` (VRRPv2) an instance without one.
+# The MASTER therefore holds a host-local marker address on lo: it satisfies keepalived, shows
+# which node believes it is MASTER (`ip addr show lo`), and is never announced on a network.
+MASTER_MARKER_PREFIX = "169.254.0."
 
 
 def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
@@ -71,6 +83,7 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
     if cluster.reserved_ip and reserved_ip_mode == "vrrp":
         vips = [f"{cluster.reserved_ip.address}/{prefix}"]
     elif cluster.reserved_ip and reserved_ip_mode == "api":
+        vips = [f"{master_marker(cluster)}/32 dev lo"]
         notify = NOTIFY_MASTER_TARGET
     return {
         "keepalived_router_name": node.name,
@@ -87,4 +100,24 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_unicast_peers": peers,
         "keepalived_virtual_ipaddresses": vips,
         "keepalived_notify_master_script": notify,
+    }
+
+
+def master_marker(cluster: Cluster) -> str:
+    """The host-local address keepalived puts on the MASTER's lo in API mode."""
+    return f"{MASTER_MARKER_PREFIX}{cluster.settings.vrrp_router_id}"
+
+
+def notify_master_vars(cluster: Cluster) -> dict[str, Any]:
+    """Variables of the DigitalOcean notify-master script (the Reserved IP moved by API)."""
+    assert cluster.reserved_ip is not None, "the notify script needs the Reserved IP"
+    api_url = os.environ.get(DIGITALOCEAN_API_URL_ENV) or DEFAULT_DIGITALOCEAN_API_URL
+    metadata_url = (
+        os.environ.get(DIGITALOCEAN_METADATA_URL_ENV) or DEFAULT_DIGITALOCEAN_METADATA_URL
+    )
+    return {
+        "dynia_do_reserved_ip": cluster.reserved_ip.address,
+        "dynia_do_api_url": api_url.rstrip("/"),
+        "dynia_do_metadata_url": metadata_url.rstrip("/"),
+        "dynia_do_token_file": DIGITALOCEAN_TOKEN_TARGET,
     }
