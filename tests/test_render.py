@@ -94,7 +94,10 @@ def test_api_mode_provider_gets_notify_script_and_no_virtual_address(
 ) -> None:
     cluster = sample_cluster(node_provider="digitalocean")
     text = (Renderer(layout).render(cluster).directory / "keepalived/misty-owl.conf").read_text()
-    assert "virtual_ipaddress" not in text
+    # The Reserved IP is moved by the API, never carried by VRRP; keepalived 2.x still needs one
+    # address per instance, so the MASTER holds only a host-local marker on lo.
+    assert cluster.reserved_ip is not None and cluster.reserved_ip.address not in text
+    assert "169.254.0.51/32 dev lo" in text
     assert "notify_master" in text
 
 
