@@ -110,6 +110,10 @@ class DropletBackend(Protocol):
 
     def release_address(self, address: str) -> None: ...
 
+    def release_vpc(self, ip_range: str) -> None:
+        """The VPC with ``ip_range`` was deleted: its network may go (it has no droplets)."""
+        ...
+
     def assign_reserved_ip(self, address: str, droplet_id: int | None) -> None:
         """Make ``address`` reach ``droplet_id`` (None: reach no droplet).
 
@@ -169,6 +173,9 @@ class InMemoryDropletBackend:
 
     def release_address(self, address: str) -> None:
         self.assignments.pop(address, None)
+
+    def release_vpc(self, ip_range: str) -> None:
+        """Nothing to release: private addresses here are only numbers."""
 
     def assign_reserved_ip(self, address: str, droplet_id: int | None) -> None:
         self.assignments[address] = droplet_id
@@ -756,6 +763,7 @@ class FakeDigitalOcean(FakeApiServer):
         if any(d["vpc_uuid"] == vpc["id"] for d in self.droplets.values()):
             return self._error(403, "Can not delete VPC with members")
         del self.vpcs[vpc["id"]]
+        self.backend.release_vpc(vpc["ip_range"])
         return Response(204)
 
     # reserved IPs
