@@ -1,0 +1,335 @@
+"""The whole lifecycle on 3 real local nodes, driven through the `dynia` CLI as an operator would.
+
+The tests share one cluster and run in file order: create -> deploy -> zero-downtime update ->
+health-gated rollback -> drift and repair -> node add/activate/remove -> failover -> delete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.resolver
+import pytest
+from traffic import SteadyTraffic, fetch
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
+
+DOMAIN = "web.e2e.test"
+
+
+@dataclass
+class Env:
+    home: Path
+    name: str
+    image: str
+    workdir: Path
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DYNIA_HOME": str(self.home)}
+        done = subprocess.run(
+            [sys.executable, "-m", "dynia.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+        if check:
+            assert done.returncode == 0, f"dynia {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def state(self) -> dict:
+        return json.loads((self.home / "state.json").read_text())["clusters"][self.name]
+
+    @property
+    def reserved_ip(self) -> str:
+        return self.state()["reserved_ip"]["address"]
+
+    @property
+    def ca(self) -> Path:
+        return self.home / "pki" / "ca.pem"
+
+    def compose(self, version: str, healthy: bool = True) -> Path:
+        health = "echo ok > /www/healthz && " if healthy else ""
+        path = self.workdir / f"web-{version}.yml"
+        path.write_text(
+            "services:\n"
+            "  web:\n"
+            f"    image: {self.image}\n"
+            '    command: ["sh", "-c", "mkdir -p /www && '
+            f'echo {version} > /www/version && {health}exec httpd -f -p 8080 -h /www"]\n'
+            '    expose: ["8080"]\n'
+        )
+        return path
+
+    def node_exec(self, node: str, command: str) -> str:
+        container = f"dynia-{self.name}-{node}"
+        done = subprocess.run(
+            ["docker", "exec", container, "sh", "-c", command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return done.stdout.strip()
+
+    def traffic(self, path: str = "/version") -> SteadyTraffic:
+        return SteadyTraffic(self.reserved_ip, DOMAIN, path, self.ca, rate=25)
+
+
+def docker_names(kind: str, prefix: str) -> list[str]:
+    listing = {
+        "container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
+        "network": ["docker", "network", "ls", "--format", "{{.Name}}"],
+        "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
+    }[kind]
+    names = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
+    return [n for n in names if n.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory, node_image: str, busybox_image: str
+) -> Iterator[Env]:
+    from fleet_fixtures import unique_prefix
+
+    home = tmp_path_factory.mktemp("e2e-home")
+    environment = Env(home, unique_prefix("e2e"), busybox_image, tmp_path_factory.mktemp("e2e"))
+    yield environment
+    # Whatever the tests left, nothing of this cluster survives the module.
+    environment.run("cluster", "delete", "--name", environment.name, "--yes", check=False)
+    for kind, remove in (
+        ("container", ["docker", "rm", "-f"]),
+        ("volume", ["docker", "volume", "rm", "-f"]),
+        ("network", ["docker", "network", "rm"]),
+    ):
+        for name in docker_names(kind, f"dynia-{environment.name}"):
+            subprocess.run([*remove, name], capture_output=True, check=False)
+    subprocess.run(["pkill", "-f", str(home)], check=False)
+
+
+def test_create_deploy_and_reach_the_service_end_to_end(env: Env) -> None:
+    started = time.monotonic()
+    env.run("cluster", "create", "--name", env.name, "--nodes", "3")
+    print(f"\ncluster create (3 nodes): {time.monotonic() - started:.1f}s")
+    state = env.state()
+    assert state["status"] == "infra-ready" and len(state["nodes"]) == 3
+    assert env.run("context", "current").stdout.strip() == env.name
+
+    started = time.monotonic()
+    env.run(
+        "deploy",
+        "--name",
+        "web",
+        "--compose",
+        str(env.compose("v1")),
+        "--domain",
+        DOMAIN,
+        "--health-path",
+        "/healthz",
+    )
+    print(f"first deploy with domain: {time.monotonic() - started:.1f}s")
+
+    server = json.loads((env.home / "local-dns" / "server.json").read_text())
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], server["port"]
+    assert [r.address for r in resolver.resolve(DOMAIN, "A")] == [env.reserved_ip]
+    assert fetch(env.reserved_ip, DOMAIN, "/healthz", env.ca) == (200, "ok")
+    assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v1")
+
+
+def test_deploy_under_load_fails_no_request_and_updates_every_node(env: Env) -> None:
+    with env.traffic() as load:
+        env.run(
+            "deploy",
+            "--name",
+            "web",
+            "--compose",
+            str(env.compose("v2")),
+            "--domain",
+            DOMAIN,
+            "--health-path",
+            "/healthz",
+        )
+        time.sleep(1)
+    report = load.report
+    print(
+        f"\nzero-downtime deploy: {report.sent} requests at {report.rate:.1f}/s, "
+        f"{report.failed} failed"
+    )
+    assert report.rate >= 20
+    assert report.failed == 0, report.failures[:5]
+    port = env.state()["services"]["web"]["internal_port"]
+    for node in env.state()["nodes"]:
+        assert env.node_exec(node, f"curl -s http://127.0.0.1:{port}/version") == "v2"
+
+
+def test_failing_health_check_restores_first_node_and_stops_the_roll(env: Env) -> None:
+    with env.traffic() as load:
+        done = env.run(
+            "deploy",
+            "--name",
+            "web",
+            "--compose",
+            str(env.compose("v3", healthy=False)),
+            "--health-path",
+            "/healthz",
+            check=False,
+        )
+    assert done.returncode != 0
+    named = [node for node in env.state()["nodes"] if f"sync failed on node {node}" in done.stderr]
+    assert len(named) == 1, done.stderr
+    assert "healthy" in done.stderr or "health" in done.stderr
+    assert load.report.failed == 0, load.report.failures[:5]
+    port = env.state()["services"]["web"]["internal_port"]
+    for node in env.state()["nodes"]:
+        assert env.node_exec(node, f"curl -s http://127.0.0.1:{port}/version") == "v2"
+    assert "v3" not in env.state()["services"]["web"]["compose"]
+
+
+def test_drift_is_reported_then_repaired(env: Env) -> None:
+    node = sorted(env.state()["nodes"])[1]
+    env.node_exec(node, "echo '# edited by hand' >> /etc/caddy/Caddyfile")
+    drift = env.run("drift-check", "--json", check=False)
+    assert drift.returncode == 8
+    report = json.loads(drift.stdout)
+    drifted = [(n["node"], d["path"]) for n in report["nodes"] for d in n["drift"]]
+    assert drifted == [(node, "/etc/caddy/Caddyfile")]
+    env.run("repair", "--force")
+    assert env.run("drift-check").returncode == 0
+
+
+def test_node_add_activate_remove_under_load(env: Env) -> None:
+    before = set(env.state()["nodes"])
+    with env.traffic() as load:
+        env.run("cluster", "node", "add")
+        added = (set(env.state()["nodes"]) - before).pop()
+        env.run("cluster", "node", "activate", added)
+        assert env.run("cluster", "show", "--json").stdout.count('"master"') == 1
+        shown = json.loads(env.run("cluster", "show", "--json").stdout)
+        assert [n["name"] for n in shown["nodes"] if n["role"] == "master"] == [added]
+        env.run("cluster", "node", "remove", added)
+        time.sleep(1)
+    print(f"\nnode add/activate/remove: {load.report.sent} requests, {load.report.failed} failed")
+    assert load.report.failed == 0, load.report.failures[:5]
+    assert set(env.state()["nodes"]) == before
+    assert docker_names("container", f"dynia-{env.name}-{added}") == []
+
+
+def test_cert_rotate_rolls_a_new_certificate_without_a_failed_request(env: Env) -> None:
+    before = env.state()["tls_fingerprint"]
+    with env.traffic() as load:
+        env.run("cert", "rotate")
+        time.sleep(1)
+    assert env.state()["tls_fingerprint"] != before
+    assert load.report.failed == 0, load.report.failures[:5]
+    served = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{env.reserved_ip}:443", "-servername", DOMAIN],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    pem = served.stdout[served.stdout.index("-----BEGIN") : served.stdout.index("-----END")]
+    assert pem, "the Reserved IP serves a certificate"
+    fingerprint = (
+        subprocess.run(
+            ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+            input=pem + "-----END CERTIFICATE-----\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.split("=", 1)[1]
+        .strip()
+        .replace(":", "")
+        .lower()
+    )
+    assert fingerprint == env.state()["tls_fingerprint"]
+
+
+def test_bad_input_changes_nothing(env: Env) -> None:
+    state_before = (env.home / "state.json").read_bytes()
+    broken = env.workdir / "broken.yml"
+    broken.write_text("services: [not, a, mapping]\n")
+    cases = [
+        (["deploy", "--name", "web", "--compose", str(broken)], "no 'services:' mapping"),
+        (
+            [
+                "deploy",
+                "--name",
+                "web",
+                "--compose",
+                str(env.compose("v9")),
+                "--domain",
+                "web.example.com",
+            ],
+            "web.example.com",
+        ),
+        (["route", "bind", "--domain", "api.e2e.test", "--service", "nope"], "no service 'nope'"),
+        (["cluster", "node", "activate", "nope"], "no node 'nope'"),
+        (["cluster", "node", "remove", "nope"], "no node 'nope'"),
+    ]
+    for args, message in cases:
+        done = env.run(*args, check=False)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr)
+    assert (env.home / "state.json").read_bytes() == state_before
+
+
+def test_deploy_while_another_command_holds_the_lock_is_refused(env: Env) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from dynia.state import StateStore\n"
+            "with StateStore(Path(sys.argv[1])).transaction('dynia sync'):\n"
+            "    print('held', flush=True); time.sleep(30)",
+            str(env.home),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        state_before = (env.home / "state.json").read_bytes()
+        done = env.run("deploy", "--name", "web", "--compose", str(env.compose("v9")), check=False)
+        assert done.returncode == 4
+        assert f"pid {holder.pid}" in done.stderr and "dynia sync" in done.stderr
+        assert (env.home / "state.json").read_bytes() == state_before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_killing_the_master_fails_over_within_five_seconds(env: Env) -> None:
+    master = max(env.state()["nodes"].values(), key=lambda n: (n["priority"], n["name"]))["name"]
+    with env.traffic() as load:
+        time.sleep(2)
+        subprocess.run(
+            ["docker", "kill", f"dynia-{env.name}-{master}"], check=True, capture_output=True
+        )
+        time.sleep(8)
+    gap = load.report.longest_gap()
+    print(
+        f"\nfailover: master {master} killed; {load.report.failed} failed requests, gap {gap:.2f}s"
+    )
+    assert gap < 5.0
+    assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v2")
+
+
+def test_delete_leaves_nothing_behind(env: Env) -> None:
+    env.run("cluster", "delete", "--name", env.name, "--yes")
+    assert env.name not in json.loads((env.home / "state.json").read_text())["clusters"]
+    for kind in ("container", "network", "volume"):
+        assert docker_names(kind, f"dynia-{env.name}") == [], kind
+    zone = (env.home / "local-dns" / "zones").glob("*")
+    assert not any(DOMAIN.split(".")[0] in p.read_text() for p in zone if p.is_file())
