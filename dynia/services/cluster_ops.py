@@ -166,13 +166,17 @@ def delete_cluster(
             and (layout.deploy_config_dir(name) / "metadata.json").exists()
         ):
             progress("Stopping services")
-            rollout.run(
+            # Best effort: a dead or unreachable node is deleted all the same.
+            result = rollout.run(
                 layout,
                 cluster,
                 "teardown.yml",
                 on_event,
                 extra_vars={"dynia_teardown_purge_volumes": purge_volumes},
+                raise_on_failure=False,
             )
+            for node_name in result.failed_hosts:
+                progress(f"  could not stop services on {node_name}; deleting it anyway")
         if cluster.reserved_ip:
             info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
             if provider.reserved_ip_mode == "api":

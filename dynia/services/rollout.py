@@ -63,6 +63,7 @@ def run(
     on_event: EventSink = None,
     extra_vars: dict[str, Any] | None = None,
     limit: str | None = None,
+    raise_on_failure: bool = True,
 ) -> Any:
     """Run one of the generated project's playbooks; RunnerError names failed nodes."""
     from dynia.runner import run_playbook
@@ -73,6 +74,7 @@ def run(
         extra_vars=extra_vars,
         limit=limit,
         on_event=on_event,
+        raise_on_failure=raise_on_failure,
     )
 
 
