@@ -128,9 +128,10 @@ def test_progress_printer_plain_lines() -> None:
     printer(ProgressEvent("misty-owl", 2, 3, "Copy the changed files", "changed"))
     printer(ProgressEvent("misty-owl", 2, 3, "Skipped step", "skipped"))
     printer(ProgressEvent("misty-owl", 2, 3, "Check health", "ok"))
+    printer(ProgressEvent("quiet-fox", 3, 3, "Check health", "failed"))
     assert stream.getvalue().splitlines() == [
         "node 2/3 misty-owl: Copy the changed files ... changed",
-        "node 2/3 misty-owl: Check health ... ok",
+        "node 3/3 quiet-fox: Check health ... failed",
     ]
 
 

@@ -1,7 +1,7 @@
 """Live per-node progress of a playbook run: "node 2/3 misty-owl: <task> ... changed".
 
-On a terminal the current task rewrites one status line and only changes, failures and finished
-nodes stay on screen; elsewhere (CI logs, pipes) every result is one plain line.
+On a terminal the current task rewrites one status line and only changes and failures stay on
+screen; elsewhere (CI logs, pipes) only changes and failures are printed, one plain line each.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if self._live:
             self._show_live(event)
-        elif event.status != "skipped":
+        elif event.status in _KEPT_STATUSES:
             self._stream.write(format_event(event) + "\n")
             self._stream.flush()
 

@@ -103,7 +103,7 @@ def create_cluster(
 ) -> Cluster:
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
-    with store.transaction("cluster create") as txn:
+    with store.transaction("dynia cluster create") as txn:
         cluster = _plan(txn, request)
         if cluster.status != STATUS_PLANNED:
             progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")

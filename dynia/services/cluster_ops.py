@@ -9,7 +9,7 @@ from dynia.paths import HomeLayout
 from dynia.providers import get_dns_provider, get_node_provider
 from dynia.providers.base import ReservedIpInfo
 from dynia.services import infra, rollout
-from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services.clusters import cluster_transaction, get_cluster
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore
 from dynia.state.models import MASTER_PRIORITY, STATUS_PLANNED, Cluster, Node
@@ -43,8 +43,7 @@ def add_node(
     on_event: EventSink = None,
 ) -> Node:
     """Create one node, then re-render and roll out so every peer list includes it."""
-    with store.transaction("cluster node add") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
         _require_ready(cluster)
         provider = get_node_provider(cluster.node_provider, layout)
         public_key = infra.ensure_keys(layout, txn, cluster)
@@ -78,8 +77,7 @@ def remove_node(
     on_event: EventSink = None,
 ) -> None:
     """Drain the node, move the MASTER role away if it has it, delete it, re-render and sync."""
-    with store.transaction("cluster node remove") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    with cluster_transaction(store, cluster_option, "dynia cluster node remove") as (txn, cluster):
         node = _node(cluster, node_name)
         if len(cluster.nodes) == 1:
             raise UsageError(
@@ -127,8 +125,8 @@ def activate_node(
     on_event: EventSink = None,
 ) -> str:
     """Health-check the target, make it MASTER, verify the Reserved IP answers from it."""
-    with store.transaction("cluster node activate") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    command = "dynia cluster node activate"
+    with cluster_transaction(store, cluster_option, command) as (txn, cluster):
         _require_ready(cluster)
         _node(cluster, node_name)
         provider = get_node_provider(cluster.node_provider, layout)
@@ -149,7 +147,7 @@ def delete_cluster(
     on_event: EventSink = None,
 ) -> None:
     """Unbind routes (DNS), stop services, release the Reserved IP, delete nodes, forget it."""
-    with store.transaction("cluster delete") as txn:
+    with store.transaction("dynia cluster delete") as txn:
         cluster = get_cluster(txn.state, name)
         if cluster.routes:
             dns = get_dns_provider(cluster.dns_provider, layout)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dynia.errors import NotFoundError, UsageError
+from dynia.state import StateStore, Transaction
 from dynia.state.models import Cluster, State
 
 
@@ -32,6 +35,15 @@ def get_cluster(state: State, name: str) -> Cluster:
 
 def selected_cluster(state: State, option: str | None) -> Cluster:
     return get_cluster(state, resolve_cluster_name(state, option))
+
+
+@contextmanager
+def cluster_transaction(
+    store: StateStore, cluster_option: str | None, command: str
+) -> Iterator[tuple[Transaction, Cluster]]:
+    """Lock state for a mutating command and hand it the cluster it acts on."""
+    with store.transaction(command) as txn:
+        yield txn, selected_cluster(txn.state, cluster_option)
 
 
 def cluster_summary(cluster: Cluster, current: str | None) -> dict[str, Any]:

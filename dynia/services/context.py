@@ -11,14 +11,14 @@ def current_context(store: StateStore) -> str | None:
 
 
 def use_context(store: StateStore, name: str) -> None:
-    with store.transaction("context use") as txn:
+    with store.transaction("dynia context use") as txn:
         get_cluster(txn.state, name)
         txn.state.current_cluster = name
 
 
 def clear_context(store: StateStore) -> str | None:
     """Clear the current cluster; returns the one that was current."""
-    with store.transaction("context clear") as txn:
+    with store.transaction("dynia context clear") as txn:
         previous = txn.state.current_cluster
         txn.state.current_cluster = None
         return previous

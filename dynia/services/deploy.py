@@ -141,7 +141,7 @@ def deploy_service(
 ) -> DeployOutcome:
     _checked_name("service", request.name)
     domain = _checked_domain(request.domain) if request.domain else None
-    with store.transaction("deploy") as txn:
+    with store.transaction("dynia deploy") as txn:
         cluster = _ready_cluster(txn, cluster_option)
         dns = get_dns_provider(cluster.dns_provider, layout) if domain else None
         if domain and dns:
@@ -206,7 +206,7 @@ def bind_route(
     on_event: EventSink = None,
 ) -> list[str]:
     domain = _checked_domain(domain_value)
-    with store.transaction("route bind") as txn:
+    with store.transaction("dynia route bind") as txn:
         cluster = _ready_cluster(txn, cluster_option)
         if service_name not in cluster.services:
             raise NotFoundError(
@@ -232,7 +232,7 @@ def unbind_route(
     on_event: EventSink = None,
 ) -> None:
     domain = _checked_domain(domain_value)
-    with store.transaction("route unbind") as txn:
+    with store.transaction("dynia route unbind") as txn:
         cluster = _ready_cluster(txn, cluster_option)
         if domain not in cluster.routes:
             raise NotFoundError(

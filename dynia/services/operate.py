@@ -9,7 +9,7 @@ from dynia import pki
 from dynia.paths import HomeLayout
 from dynia.providers import get_node_provider
 from dynia.services import infra, rollout
-from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services.clusters import cluster_transaction, get_cluster, resolve_cluster_name
 from dynia.services.render import render_cluster
 from dynia.services.rollout import DriftReport, EventSink
 from dynia.state import StateStore
@@ -25,8 +25,7 @@ def sync(
     on_event: EventSink = None,
 ) -> DriftReport:
     """Roll the current deploy-config out (rendered first), then confirm no drift remains."""
-    with store.transaction("sync") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    with cluster_transaction(store, cluster_option, "dynia sync") as (txn, cluster):
         progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), one at a time")
         return rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
 
@@ -74,8 +73,7 @@ def repair(
     on_event: EventSink = None,
 ) -> DriftReport:
     """Re-render, re-run bootstrap and sync with restarts, re-attach the Reserved IP."""
-    with store.transaction("repair") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    with cluster_transaction(store, cluster_option, "dynia repair") as (txn, cluster):
         provider = get_node_provider(cluster.node_provider, layout)
         progress("Re-rendering deploy-config")
         render_cluster(layout, cluster)
@@ -96,8 +94,7 @@ def rotate_certificate(
     on_event: EventSink = None,
 ) -> str:
     """Issue a new cluster certificate and roll it out node by node; returns its fingerprint."""
-    with store.transaction("cert rotate") as txn:
-        cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, cluster_option))
+    with cluster_transaction(store, cluster_option, "dynia cert rotate") as (txn, cluster):
         bundle = pki.issue_cluster_certificate(layout, cluster.name, sorted(cluster.routes))
         cluster.tls_fingerprint = bundle.fingerprint_sha256
         txn.save()
