@@ -84,7 +84,10 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         vips = [f"{cluster.reserved_ip.address}/{prefix}"]
     elif cluster.reserved_ip and reserved_ip_mode == "api":
         vips = [f"{master_marker(cluster)}/32 dev lo"]
-        notify = NOTIFY_MASTER_TARGET
+        # Through bash: keepalived checks a script once, when it loads its config, and never
+        # runs one that was missing then; bootstrap starts keepalived before sync copies the
+        # script, and a changed script needs no reload this way.
+        notify = f"/bin/bash {NOTIFY_MASTER_TARGET}"
     return {
         "keepalived_router_name": node.name,
         "keepalived_track_script_name": "dynia_haproxy_alive",
