@@ -204,7 +204,12 @@ def test_drift_is_reported_then_repaired(env: Env) -> None:
     drifted = [(n["node"], d["path"]) for n in report["nodes"] for d in n["drift"]]
     assert drifted == [(node, "/etc/caddy/Caddyfile")]
     env.run("repair", "--force")
+    started = time.monotonic()
     assert env.run("drift-check").returncode == 0
+    drift_seconds = time.monotonic() - started
+    started = time.monotonic()
+    assert "All nodes match" in env.run("sync").stdout
+    print(f"\ndrift-check: {drift_seconds:.1f}s, no-op sync: {time.monotonic() - started:.1f}s")
 
 
 def test_node_add_activate_remove_under_load(env: Env) -> None:

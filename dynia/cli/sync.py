@@ -14,10 +14,10 @@ from dynia.services import operate
 def sync_command(app: AppContext) -> None:
     """Roll deploy-config/ out to the nodes, one at a time, health-gated.
 
-    Per node: compare remote hashes with metadata.json, drain it, copy only changed files,
-    reload or restart only the affected components, health-check, put it back. A failed check
-    restores that node and stops the roll. Nodes still differing afterwards are marked
-    out-of-sync.
+    Applies deploy-config/ as `dynia render` left it. Per node: compare remote hashes with
+    metadata.json, drain it, copy only changed files, reload or restart only the affected
+    components, health-check, put it back. A failed check restores that node and stops the
+    roll. Nodes still differing afterwards are marked out-of-sync.
 
     Example: dynia sync
     """

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynia import pki
+from dynia.errors import UsageError
 from dynia.paths import HomeLayout
 from dynia.providers import get_node_provider
 from dynia.services import infra, rollout
@@ -24,10 +25,15 @@ def sync(
     progress: Progress,
     on_event: EventSink = None,
 ) -> DriftReport:
-    """Roll the current deploy-config out (rendered first), then confirm no drift remains."""
+    """Roll deploy-config out as rendered, then confirm no drift remains."""
     with cluster_transaction(store, cluster_option, "dynia sync") as (txn, cluster):
+        if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
+            raise UsageError(
+                f"no deploy-config for cluster {cluster.name!r} yet",
+                hint="run `dynia render` first",
+            )
         progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), one at a time")
-        return rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+        return rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save, render=False)
 
 
 def drift_check(

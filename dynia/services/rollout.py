@@ -117,9 +117,13 @@ def sync_and_verify(
     cluster: Cluster,
     on_event: EventSink = None,
     persist: Callable[[], None] | None = None,
+    render: bool = True,
 ) -> DriftReport:
     """Sync, then drift-check: a node whose hashes still differ is marked out-of-sync."""
-    render_and_sync(layout, cluster, on_event)
+    if render:
+        render_and_sync(layout, cluster, on_event)
+    else:
+        run(layout, cluster, "sync.yml", on_event)
     report = drift_check(layout, cluster, on_event)
     drifted = mark_sync_outcome(cluster, report)
     if persist:
