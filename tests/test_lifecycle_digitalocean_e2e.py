@@ -322,9 +322,13 @@ def test_killing_the_master_moves_the_reserved_ip_through_the_notify_script(env:
     )
     assert gap < 10.0
     assert clock.successes[-1] > clock.stopped - 2, "requests succeed again after the failover"
-    # No dynia command ran meanwhile: the assign request came from the successor's script.
+    # No dynia command ran meanwhile: the assign request came from the successor itself.
     posts = env.do.statuses(f"/v2/reserved_ips/{env.reserved_ip}/actions", "POST")
     assert len(posts) > len(posts_before) and posts[-1] == 201
+    with env.do.lock:
+        assign = [e for e in env.do.exchanges if e.method == "POST" and "/actions" in e.path][-1]
+    assert assign.request_body == {"type": "assign", "droplet_id": int(successor["provider_id"])}
+    assert assign.client == successor["public_ip"]
     assert env.reserved_ip_holder() == int(successor["provider_id"])
     assert env.backend.holder_of(env.reserved_ip) == int(successor["provider_id"])
     log = env.node_exec(successor["name"], "journalctl -q --no-pager -t dynia-notify-master")
@@ -339,6 +343,8 @@ def test_no_token_appears_outside_the_root_only_secret_file(env: Env) -> None:
     assert env.secret_file.read_bytes().strip() == env.do.token.encode()
     state_text = (env.home / "state.json").read_bytes()
     assert not any(token in state_text for token in env.tokens)
+    # The scan finds the token where it is (so an empty result means something), and only there.
+    assert files_containing([env.home], env.tokens, set()) == [str(env.secret_file)]
     new_tmp = [Path("/tmp", e) for e in set(os.listdir("/tmp")) - env.tmp_before]
     leaks = files_containing([env.home, *new_tmp], env.tokens, {env.secret_file})
     assert leaks == []

@@ -49,6 +49,7 @@ class Exchange:
     body: Any
     query: dict[str, str]
     request_body: Any
+    client: str = ""  # the caller's IP address
 
 
 @dataclass
@@ -210,6 +211,7 @@ class FakeApiServer:
                     response.body,
                     request.query,
                     request.body,
+                    request.client,
                 )
             )
 
