@@ -47,7 +47,7 @@ def _command_for(component: str, path: Path) -> tuple[str, list[str]] | None:
         return "haproxy", ["haproxy", "-c", "-q", "-f", str(path)]
     if component == "caddy":
         return "caddy", ["caddy", "validate", "--adapter", "caddyfile", "--config", str(path)]
-    if component == "keepalived":
+    if component == "keepalived" and path.name.endswith(".conf"):
         return "keepalived", ["keepalived", "-t", "-f", str(path)]
     if component.startswith("service:"):
         compose = _compose_command()
