@@ -25,10 +25,14 @@ def dynia(home: Path, *args: str, check: bool = False) -> subprocess.CompletedPr
 
 
 def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
-    started = time.perf_counter()
-    done = dynia(tmp_path, "--help", check=True)
-    elapsed = time.perf_counter() - started
+    timings = []
+    for _ in range(3):  # best of three: the machine may be busy with other tests
+        started = time.perf_counter()
+        done = dynia(tmp_path, "--help", check=True)
+        timings.append(time.perf_counter() - started)
+    elapsed = min(timings)
     for command in (
+        "init",
         "context",
         "cluster",
         "render",
@@ -41,7 +45,7 @@ def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
         "local",
     ):
         assert command in done.stdout
-    assert elapsed < 0.3 + 0.2, f"dynia --help took {elapsed:.2f}s"  # 0.2 s of interpreter start
+    assert elapsed < 0.3, f"dynia --help took {elapsed:.2f}s"
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "dynia.cli", "--help"],
         capture_output=True,
@@ -55,6 +59,7 @@ def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
+        ["init"],
         ["context"],
         ["cluster"],
         ["cluster", "create"],
@@ -187,3 +192,22 @@ def test_twenty_concurrent_cli_writers_lose_no_update(tmp_path: Path) -> None:
     assert codes == [0] * 20
     listed = json.loads(dynia(tmp_path, "cluster", "list", "--json", check=True).stdout)
     assert sorted(c["name"] for c in listed["clusters"]) == names
+
+
+def test_init_records_defaults_that_cluster_create_uses(tmp_path: Path) -> None:
+    dynia(tmp_path, "init", "--region", "fra1", "--local-dns-zone", "shop.test", check=True)
+    dynia(tmp_path, "init", "--size", "large", check=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == {"region": "fra1", "size": "large", "local_dns_zones": ["shop.test"]}
+    assert oct((tmp_path / "config.json").stat().st_mode & 0o777) == "0o600"
+    dynia(tmp_path, "cluster", "create", "--name", "planned", "--plan-only", check=True)
+    shown = json.loads(dynia(tmp_path, "--cluster", "planned", "cluster", "show", "--json").stdout)
+    assert (shown["region"], shown["size"], shown["node_provider"]) == ("fra1", "large", "local")
+
+
+def test_init_refuses_an_unknown_provider_and_keeps_the_config(tmp_path: Path) -> None:
+    dynia(tmp_path, "init", "--region", "fra1", check=True)
+    before = (tmp_path / "config.json").read_bytes()
+    done = dynia(tmp_path, "init", "--dns-provider", "route53")
+    assert done.returncode == 2 and "unknown DNS provider 'route53'" in done.stderr
+    assert (tmp_path / "config.json").read_bytes() == before

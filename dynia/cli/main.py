@@ -18,6 +18,7 @@ from dynia.errors import DyniaError
 
 # command name -> (module under dynia.cli, attribute, one-line help shown by `dynia --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("init", "init_command", "Create the dynia home and record provider defaults."),
     "context": ("context", "context_group", "Show, set or clear the current cluster."),
     "cluster": (
         "cluster",
@@ -84,6 +85,7 @@ def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:
     \b
     Example, on one machine with the local provider:
       dynia local setup
+      dynia init
       dynia cluster create --name demo --nodes 3
       dynia deploy --name web --compose web.yml --domain web.demo.test
     """

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from dynia.errors import StateError
+from dynia.errors import StateError, UsageError
 from dynia.paths import HomeLayout
+from dynia.providers import check_dns_provider, check_node_provider
+from dynia.state import StateStore
+from dynia.state.models import validate_domain
 
 
 @dataclass(frozen=True)
@@ -28,3 +33,38 @@ def load_defaults(layout: HomeLayout) -> Defaults:
         raise StateError(
             f"{path} is not valid: {exc}", hint="fix or delete the file (it only holds defaults)"
         ) from exc
+
+
+def save_defaults(
+    layout: HomeLayout, store: StateStore, updates: dict[str, Any], zones: list[str]
+) -> Defaults:
+    """Record new defaults (and local DNS zones) in config.json; create the state if absent.
+
+    Keys this function does not manage are kept, so hand-added settings survive.
+    """
+    if "node_provider" in updates:
+        check_node_provider(updates["node_provider"])
+    if "dns_provider" in updates:
+        check_dns_provider(updates["dns_provider"])
+    for zone in zones:
+        try:
+            validate_domain(zone)
+        except ValueError as exc:
+            raise UsageError(str(exc).replace("domain", "zone", 1)) from exc
+    current: dict[str, Any] = {}
+    if layout.config_file.exists():
+        load_defaults(layout)  # refuses a broken file before anything is written
+        current = json.loads(layout.config_file.read_text())
+    current.update(updates)
+    if zones:
+        current["local_dns_zones"] = sorted({*current.get("local_dns_zones", []), *zones})
+    with store.transaction("dynia init"):  # creates the home and an empty state if needed
+        _write_private(layout.config_file, json.dumps(current, indent=2, sort_keys=True) + "\n")
+    return load_defaults(layout)
+
+
+def _write_private(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o600)
+    temporary.replace(path)
