@@ -148,7 +148,7 @@ def test_create_deploy_and_reach_the_service_end_to_end(env: Env) -> None:
 
 def test_deploy_under_load_fails_no_request_and_updates_every_node(env: Env) -> None:
     with env.traffic() as load:
-        env.run(
+        done = env.run(
             "deploy",
             "--name",
             "web",
@@ -160,6 +160,7 @@ def test_deploy_under_load_fails_no_request_and_updates_every_node(env: Env) -> 
             "/healthz",
         )
         time.sleep(1)
+    assert "copying image" not in done.stderr, "nodes already hold this image id"
     report = load.report
     print(
         f"\nzero-downtime deploy: {report.sent} requests at {report.rate:.1f}/s, "

@@ -54,7 +54,7 @@ def _node_image_id(layout: HomeLayout, cluster: Cluster, node: Node, image: str)
         ["docker", "image", "inspect", "--format", "{{.Id}}", image],
         check=False,
     )
-    return done.stdout.strip() if done.returncode == 0 else None
+    return done.stdout.decode().strip() if done.returncode == 0 else None
 
 
 def _ship(layout: HomeLayout, cluster: Cluster, node: Node, image: str) -> None:
