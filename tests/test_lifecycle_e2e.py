@@ -330,6 +330,10 @@ def test_killing_the_master_fails_over_within_five_seconds(env: Env) -> None:
     )
     assert gap < 5.0
     assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v2")
+    shown = json.loads(env.run("cluster", "show", "--health", "--json").stdout)
+    health = {n["name"]: (n["healthy"], n["problem"]) for n in shown["nodes"]}
+    assert health.pop(master) == (False, "unreachable over SSH")
+    assert all(healthy for healthy, _ in health.values()), health
 
 
 def test_delete_leaves_nothing_behind(env: Env) -> None:

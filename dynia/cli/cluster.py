@@ -8,7 +8,12 @@ from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
 from dynia.services import cluster_ops
 from dynia.services.cluster_create import CreateRequest, create_cluster
-from dynia.services.clusters import cluster_details, cluster_summary, selected_cluster
+from dynia.services.clusters import (
+    cluster_details,
+    cluster_summary,
+    node_health,
+    selected_cluster,
+)
 from dynia.services.config import load_defaults
 
 
@@ -95,18 +100,30 @@ def list_command(app: AppContext, as_json: bool) -> None:
 
 
 @cluster_group.command("show")
+@click.option("--health", "check_health", is_flag=True, help="Also check every node live over SSH.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_OPTION_HELP)
 @click.pass_obj
-def show_command(app: AppContext, as_json: bool) -> None:
+def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     """Show a cluster: nodes and roles, Reserved IP, services and routes.
 
+    With --health each node is checked live (HAProxy, Caddy and keepalived running, the cluster
+    and service health paths answering); nothing is changed.
+
+    \b
     JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name, role,
-    priority, status, public_ip, private_ip, provider_id), "services" (name, internal_port,
-    health_path, images) and "routes" (domain, service, dns).
+    priority, status, public_ip, private_ip, provider_id; with --health also "healthy" and
+    "problem"), "services" (name, internal_port, health_path, images) and "routes" (domain,
+    service, dns).
+
+    Example: dynia cluster show --health
     """
     state = store_of(app).load()
     cluster = selected_cluster(state, app.cluster_option)
     details = cluster_details(cluster, state.current_cluster)
+    if check_health:
+        health = node_health(app.layout, cluster)
+        for node in details["nodes"]:
+            node.update(health[node["name"]])
     if as_json:
         emit_json(details)
         return
@@ -115,9 +132,12 @@ def show_command(app: AppContext, as_json: bool) -> None:
     click.echo(f"  reserved IP: {details['reserved_ip'] or '-'}")
     click.echo("  nodes:")
     for node in details["nodes"]:
+        live = ""
+        if "healthy" in node:
+            live = "  healthy" if node["healthy"] else f"  UNHEALTHY: {node['problem']}"
         click.echo(
             f"    {node['name']:<16} {node['role']:<7} priority {node['priority']:<4} "
-            f"{node['status']:<13} {node['private_ip'] or '-'}"
+            f"{node['status']:<13} {node['private_ip'] or '-'}{live}"
         )
     click.echo("  services:")
     for service in details["services"]:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dynia.errors import NotFoundError, UsageError
+from dynia.paths import HomeLayout
 from dynia.state import StateStore, Transaction
 from dynia.state.models import Cluster, State
 
@@ -96,3 +97,27 @@ def cluster_details(cluster: Cluster, current: str | None) -> dict[str, Any]:
         }
     )
     return summary
+
+
+def node_health(layout: HomeLayout, cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Live health of every node over SSH (health.yml): proxies running, health paths answering.
+
+    Read-only; a node that cannot be reached or fails a check is reported, not raised.
+    """
+    from dynia.services import rollout
+    from dynia.services.render import render_cluster
+
+    if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
+        render_cluster(layout, cluster)
+    result = rollout.run(layout, cluster, "health.yml", raise_on_failure=False)
+    health = {}
+    for name in sorted(cluster.nodes):
+        host = result.hosts.get(name)
+        if host is None:
+            health[name] = {"healthy": False, "problem": "not checked"}
+        elif host.unreachable:
+            health[name] = {"healthy": False, "problem": "unreachable over SSH"}
+        else:
+            problem = host.failures[-1] if host.failures else None
+            health[name] = {"healthy": host.ok, "problem": problem}
+    return health
