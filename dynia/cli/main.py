@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+INTERRUPTED = "Interrupted. State keeps every completed step; re-run the command to resume."
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
@@ -96,8 +99,12 @@ def main(argv: list[str] | None = None) -> Any:
     """Run the CLI and turn every DyniaError into its message and exit code."""
     try:
         return cli.main(args=argv, prog_name="dynia", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort; say that state kept the completed steps.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            click.echo(INTERRUPTED, err=True)
+        else:
+            click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -110,5 +117,5 @@ def main(argv: list[str] | None = None) -> Any:
             click.echo(f"  hint: {exc.hint}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("Interrupted. State keeps every completed step; re-run to resume.", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
