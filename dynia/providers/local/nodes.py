@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,7 @@ class LocalNodeProvider:
     reserved_ip_mode: Literal["vrrp", "api"] = "vrrp"
     default_vrrp_advert_int = 0.5
     _run_mode_cache: ClassVar[dict[str, tuple[str, ...]]] = {}
+    _address_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
@@ -235,20 +237,51 @@ class LocalNodeProvider:
     def _run_container(self, spec: NodeSpec, name: str, network: NetworkInfo, image: str) -> None:
         volume = volume_name(spec.cluster, spec.name)
         self.docker.run(["volume", "create", *self._labels(spec.cluster, "volume"), volume])
-        self.docker.run(
-            [
-                "run",
-                "--detach",
-                f"--name={name}",
-                f"--hostname={spec.name}",
-                f"--network={network.name}",
-                f"--volume={volume}:/var/lib/docker",
-                *self._labels(spec.cluster, "node"),
-                f"--label={LABEL_NODE}={spec.name}",
-                *COMMON_RUN_FLAGS,
-                *self._run_mode(image),
-                image,
-            ]
+        run_mode = self._run_mode(image)
+        # Nodes created in parallel threads must not pick the same free address.
+        with self._address_lock:
+            self.docker.run(
+                [
+                    "run",
+                    "--detach",
+                    f"--name={name}",
+                    f"--hostname={spec.name}",
+                    f"--network={network.name}",
+                    f"--ip={self._free_address(network.name)}",
+                    f"--volume={volume}:/var/lib/docker",
+                    *self._labels(spec.cluster, "node"),
+                    f"--label={LABEL_NODE}={spec.name}",
+                    *COMMON_RUN_FLAGS,
+                    *run_mode,
+                    image,
+                ]
+            )
+
+    def _free_address(self, network: str) -> str:
+        """The lowest address of the network's container range no node holds or was given.
+
+        Nodes get fixed addresses, like a droplet keeps its IP across a power cycle: Docker hands
+        a stopped container's address to the next container it starts and gives the stopped one
+        a new address when it runs again, while state, known_hosts and the HA configs name every
+        node by its address.
+        """
+        found = self.docker.inspect("network", [network])
+        config = ((found[0].get("IPAM") or {}).get("Config") or [{}])[0] if found else {}
+        pool = ipaddress.ip_network(config.get("IPRange") or config["Subnet"])
+        names = self.docker.text(
+            ["ps", "-a", "--filter", f"network={network}", "--format", "{{.Names}}"]
+        ).split()
+        taken = {config.get("Gateway")}
+        for container in self.docker.inspect("container", sorted(names)):
+            settings = (container["NetworkSettings"].get("Networks") or {}).get(network) or {}
+            taken.add(settings.get("IPAddress"))
+            taken.add((settings.get("IPAMConfig") or {}).get("IPv4Address"))
+        for host in pool.hosts():
+            if str(host) not in taken:
+                return str(host)
+        raise ProviderError(
+            f"no free address left on the network {network} ({pool})",
+            hint="remove nodes the cluster no longer needs (`dynia cluster node remove`)",
         )
 
     def _run_mode(self, image: str) -> tuple[str, ...]:
