@@ -6,6 +6,13 @@ cluster certificate goes to ``clusters/<c>/tls/cluster.pem`` in HAProxy's format
 chain and private key in one PEM, 0600); the renderer copies it into deploy-config. Its SANs are
 the cluster's domains plus ``<cluster>.dynia.internal``, so a certificate exists before any route.
 End-to-end verify trusts ``ca.pem``.
+
+A cluster may instead carry a certificate from an external CA (Cloudflare's Origin CA):
+``store_external_certificate`` writes it in the same format and place, so the renderer ships it
+unchanged, and records it in ``clusters/<c>/tls/issued.json`` (issuer, the CA's id, fingerprint).
+When a certificate replaces an external one, the old one is listed there as superseded until
+``mark_revoked`` says the CA revoked it; ``pending_revocations`` never lists the certificate the
+file ``cluster.pem`` still holds, whatever order a crash left the two files in.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +52,7 @@ class CertificateBundle:
     fingerprint_sha256: str  # hex of the leaf certificate's DER
     domains: tuple[str, ...]  # the SANs, in issue order
     not_after: dt.datetime
+    issuer: str = "local"  # "local", or the external CA recorded in issued.json
 
     def covers(self, domains: list[str]) -> bool:
         """Whether every domain is one of this certificate's SANs."""
@@ -63,6 +73,19 @@ def ca_key_path(layout: HomeLayout) -> Path:
 
 def cluster_certificate_path(layout: HomeLayout, cluster: str) -> Path:
     return layout.tls_dir(cluster) / "cluster.pem"
+
+
+def issued_record_path(layout: HomeLayout, cluster: str) -> Path:
+    return layout.tls_dir(cluster) / "issued.json"
+
+
+@dataclass(frozen=True)
+class ExternalCertificate:
+    """A certificate an external CA issued for the cluster, as that CA names it."""
+
+    issuer: str  # e.g. "cloudflare-origin"
+    id: str  # the CA's identifier, used to revoke it
+    fingerprint_sha256: str
 
 
 def ensure_ca(layout: HomeLayout) -> Path:
@@ -105,8 +128,93 @@ def issue_cluster_certificate(
     )
     path = cluster_certificate_path(layout, cluster)
     _ensure_private_dir(path.parent)
+    _retire_current(layout, cluster)
     _atomic_write(path, pem, 0o600)
     return _bundle(layout, cluster, cert)
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    """A P-256 key, the kind every certificate of the cluster uses."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def certificate_request(key: ec.EllipticCurvePrivateKey, domains: list[str]) -> str:
+    """A PEM CSR for ``domains`` (normalized; the first is the common name) signed by ``key``."""
+    names = [_normalize(d) for d in dict.fromkeys(domains)]
+    if not names:
+        raise UsageError(
+            "a certificate request needs at least one domain",
+            hint="bind a domain to the cluster first (`dynia deploy --domain ...`)",
+        )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def store_external_certificate(
+    layout: HomeLayout,
+    cluster: str,
+    certificate_pem: str,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: str,
+    certificate_id: str,
+) -> CertificateBundle:
+    """Install a certificate an external CA signed for ``key`` as the cluster certificate.
+
+    The PEM (the CA's chain as given, then the key) lands where the local CA's would, so render
+    and sync treat it the same. Refuses a certificate that is not for ``key``: nothing is written.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(certificate_pem.encode())
+    except ValueError as exc:
+        raise UsageError(
+            f"the {issuer} CA answered something that is not a PEM certificate ({exc})",
+            hint="run the command again; if it persists, report it with the CA's answer",
+        ) from exc
+    leaf = chain[0]
+    if leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise UsageError(
+            f"the certificate the {issuer} CA returned is not for the key Dynia generated",
+            hint="nothing was installed; run the command again",
+        )
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain) + _private_pem(key)
+    path = cluster_certificate_path(layout, cluster)
+    _ensure_private_dir(path.parent)
+    fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+    # The record first: if a crash comes before the PEM, the old certificate still in
+    # cluster.pem is listed as superseded but pending_revocations skips it by fingerprint.
+    _retire_current(layout, cluster, ExternalCertificate(issuer, certificate_id, fingerprint))
+    _atomic_write(path, pem, 0o600)
+    return _bundle(layout, cluster, leaf)
+
+
+def pending_revocations(layout: HomeLayout, cluster: str) -> list[ExternalCertificate]:
+    """Externally issued certificates the cluster no longer uses and the CA has not revoked."""
+    _, superseded = _read_issued(layout, cluster)
+    serving = _served_fingerprint(layout, cluster)
+    return [c for c in superseded if c.fingerprint_sha256 != serving]
+
+
+def mark_revoked(layout: HomeLayout, cluster: str, certificate_id: str) -> None:
+    """Forget a superseded certificate once its CA revoked it."""
+    with _pki_lock(layout):
+        current, superseded = _read_issued(layout, cluster)
+        _write_issued(layout, cluster, current, [c for c in superseded if c.id != certificate_id])
+
+
+def retire_external_certificates(layout: HomeLayout, cluster: str) -> list[ExternalCertificate]:
+    """List the cluster's current external certificate as superseded too (cluster delete)."""
+    _retire_current(layout, cluster)
+    return _read_issued(layout, cluster)[1]
 
 
 def current_certificate(layout: HomeLayout, cluster: str) -> CertificateBundle | None:
@@ -121,14 +229,72 @@ def current_certificate(layout: HomeLayout, cluster: str) -> CertificateBundle |
 
 def _bundle(layout: HomeLayout, cluster: str, cert: x509.Certificate) -> CertificateBundle:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    current, _ = _read_issued(layout, cluster)
+    external = current is not None and current.fingerprint_sha256 == fingerprint
     return CertificateBundle(
         cluster=cluster,
         pem_path=cluster_certificate_path(layout, cluster),
         ca_path=ca_certificate_path(layout),
-        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        fingerprint_sha256=fingerprint,
         domains=tuple(sans.get_values_for_type(x509.DNSName)),
         not_after=cert.not_valid_after_utc,
+        issuer=current.issuer if external and current else "local",
     )
+
+
+def _served_fingerprint(layout: HomeLayout, cluster: str) -> str | None:
+    try:
+        pem = cluster_certificate_path(layout, cluster).read_bytes()
+        return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _read_issued(
+    layout: HomeLayout, cluster: str
+) -> tuple[ExternalCertificate | None, list[ExternalCertificate]]:
+    path = issued_record_path(layout, cluster)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        current = ExternalCertificate(**data["current"]) if data.get("current") else None
+        return current, [ExternalCertificate(**c) for c in data.get("superseded", [])]
+    except FileNotFoundError:
+        return None, []
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(
+            f"{path} is not valid: {exc}",
+            hint="restore it from a backup, or remove it (certificates it lists as superseded "
+            "are then no longer revoked by Dynia; revoke them in the CA's dashboard)",
+        ) from exc
+
+
+def _write_issued(
+    layout: HomeLayout,
+    cluster: str,
+    current: ExternalCertificate | None,
+    superseded: list[ExternalCertificate],
+) -> None:
+    data = {
+        "current": asdict(current) if current else None,
+        "superseded": [asdict(c) for c in superseded],
+    }
+    path = issued_record_path(layout, cluster)
+    _ensure_private_dir(path.parent)
+    _atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+
+
+def _retire_current(
+    layout: HomeLayout, cluster: str, replacement: ExternalCertificate | None = None
+) -> None:
+    """Move the current external certificate (if any) to superseded; ``replacement`` is next."""
+    with _pki_lock(layout):
+        current, superseded = _read_issued(layout, cluster)
+        if current is None and replacement is None and not superseded:
+            return  # a local-only cluster never gets an issued.json
+        if current is not None and all(c.id != current.id for c in superseded):
+            superseded.append(current)
+        _write_issued(layout, cluster, replacement, superseded)
 
 
 def _create_ca(layout: HomeLayout) -> None:

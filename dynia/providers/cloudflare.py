@@ -9,11 +9,17 @@
   those, so a hand-made record of the same name is never deleted.
 * Retries: the SDK's own, bounded by ``max_retries`` (429 honours ``Retry-After``; 5xx and
   connection errors back off). Failures become ``ProviderError`` naming the setting to change.
+
+``CloudflareOriginCa`` issues and revokes Origin CA certificates (the cluster certificate of a
+cluster with ``certificate_issuer = "cloudflare-origin"``) with the same token, which then also
+needs ``SSL and Certificates:Edit``. Only Cloudflare's edge trusts those certificates, so they
+go with proxied records.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import cloudflare
@@ -30,6 +36,11 @@ TOKEN_SCOPES = (
     "a Cloudflare API token (https://dash.cloudflare.com/profile/api-tokens) with "
     "Zone:Read and DNS:Edit permissions on the zones you bind domains in"
 )
+ORIGIN_CA_SCOPES = (
+    "a Cloudflare API token with Zone:Read, DNS:Edit and SSL and Certificates:Edit "
+    "permissions on the zones of the cluster's domains"
+)
+DNS_REFUSED_HINT = "check the domain and that no conflicting CNAME record exists for it"
 
 
 class CloudflareDnsProvider:
@@ -62,40 +73,7 @@ class CloudflareDnsProvider:
         return f"CloudflareDnsProvider(base_url={self.base_url!r}, proxied={self.proxied})"
 
     def _call(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one SDK call; translate its failures into an actionable ProviderError."""
-        try:
-            return operation(*args, **kwargs)
-        except cloudflare.AuthenticationError:
-            raise ProviderError(
-                f"Cloudflare rejected the API token while {what} (401)",
-                hint=f"{TOKEN_ENV} is missing, mistyped or revoked; set it to {TOKEN_SCOPES}",
-            ) from None
-        except cloudflare.PermissionDeniedError as exc:
-            raise ProviderError(
-                f"the Cloudflare token may not do this: {what} was refused (403: {_messages(exc)})",
-                hint=f"give {TOKEN_ENV} the missing permission; it needs {TOKEN_SCOPES}",
-            ) from None
-        except cloudflare.RateLimitError:
-            raise ProviderError(
-                f"Cloudflare rate limit still exceeded while {what}, retries exhausted",
-                hint="wait a minute and re-run the same command",
-            ) from None
-        except cloudflare.InternalServerError as exc:
-            raise ProviderError(
-                f"the Cloudflare API kept failing while {what} "
-                f"(HTTP {exc.status_code}: {_messages(exc)})",
-                hint="check https://www.cloudflarestatus.com and re-run the same command",
-            ) from None
-        except cloudflare.APIStatusError as exc:
-            raise ProviderError(
-                f"Cloudflare refused {what} (HTTP {exc.status_code}: {_messages(exc)})",
-                hint="check the domain and that no conflicting CNAME record exists for it",
-            ) from None
-        except cloudflare.APIConnectionError as exc:
-            raise ProviderError(
-                f"cannot reach the Cloudflare API while {what} ({type(exc).__name__})",
-                hint=f"check the network and {BASE_URL_ENV}; then re-run",
-            ) from None
+        return _call(what, TOKEN_SCOPES, DNS_REFUSED_HINT, operation, *args, **kwargs)
 
     # -- zones ---------------------------------------------------------------------------------
 
@@ -187,6 +165,122 @@ class CloudflareDnsProvider:
 
     def resolver_address(self) -> tuple[str, int] | None:
         return None
+
+
+@dataclass(frozen=True)
+class OriginCertificate:
+    id: str  # the certificate's serial number, as the API names it
+    certificate_pem: str
+    hostnames: tuple[str, ...]
+    expires_on: str
+
+
+class CloudflareOriginCa:
+    """Cloudflare's Origin CA: certificates for origins behind Cloudflare's proxy."""
+
+    name = "cloudflare-origin"
+
+    def __init__(
+        self,
+        token: Secret | str | None = None,
+        *,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout: float = 30.0,
+    ) -> None:
+        if isinstance(token, str):
+            token = Secret(token)
+        self._token = token or lookup_token(TOKEN_ENV, scopes_hint=ORIGIN_CA_SCOPES)
+        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self._client = Cloudflare(
+            api_token=self._token.reveal(),
+            base_url=self.base_url,
+            max_retries=max_retries,
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"CloudflareOriginCa(base_url={self.base_url!r})"
+
+    def issue(self, csr_pem: str, hostnames: list[str], validity_days: int) -> OriginCertificate:
+        """Have the Origin CA sign ``csr_pem`` (an ECDSA key) for ``hostnames``."""
+        what = f"issuing an Origin CA certificate for {', '.join(hostnames)}"
+        made = _call(
+            what,
+            ORIGIN_CA_SCOPES,
+            "every hostname must be in a zone of the account that the token can reach",
+            self._client.origin_ca_certificates.create,
+            csr=csr_pem,
+            hostnames=hostnames,
+            request_type="origin-ecc",
+            requested_validity=validity_days,
+        )
+        if made is None or not made.id or not made.certificate:
+            raise ProviderError(
+                f"Cloudflare answered without a certificate while {what}",
+                hint="run the command again; nothing was installed",
+            )
+        return OriginCertificate(
+            id=made.id,
+            certificate_pem=made.certificate,
+            hostnames=tuple(made.hostnames),
+            expires_on=made.expires_on or "",
+        )
+
+    def revoke(self, certificate_id: str) -> None:
+        """Revoke a certificate; one the API no longer knows counts as revoked."""
+
+        def delete_if_present() -> None:
+            try:
+                self._client.origin_ca_certificates.delete(certificate_id)
+            except cloudflare.NotFoundError:
+                return
+
+        _call(
+            f"revoking Origin CA certificate {certificate_id}",
+            ORIGIN_CA_SCOPES,
+            "revoke it in the Cloudflare dashboard (SSL/TLS > Origin Server)",
+            delete_if_present,
+        )
+
+
+def _call(
+    what: str, scopes: str, refused_hint: str, operation: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """Run one SDK call; translate its failures into an actionable ProviderError."""
+    try:
+        return operation(*args, **kwargs)
+    except cloudflare.AuthenticationError:
+        raise ProviderError(
+            f"Cloudflare rejected the API token while {what} (401)",
+            hint=f"{TOKEN_ENV} is missing, mistyped or revoked; set it to {scopes}",
+        ) from None
+    except cloudflare.PermissionDeniedError as exc:
+        raise ProviderError(
+            f"the Cloudflare token may not do this: {what} was refused (403: {_messages(exc)})",
+            hint=f"give {TOKEN_ENV} the missing permission; it needs {scopes}",
+        ) from None
+    except cloudflare.RateLimitError:
+        raise ProviderError(
+            f"Cloudflare rate limit still exceeded while {what}, retries exhausted",
+            hint="wait a minute and re-run the same command",
+        ) from None
+    except cloudflare.InternalServerError as exc:
+        raise ProviderError(
+            f"the Cloudflare API kept failing while {what} "
+            f"(HTTP {exc.status_code}: {_messages(exc)})",
+            hint="check https://www.cloudflarestatus.com and re-run the same command",
+        ) from None
+    except cloudflare.APIStatusError as exc:
+        raise ProviderError(
+            f"Cloudflare refused {what} (HTTP {exc.status_code}: {_messages(exc)})",
+            hint=refused_hint,
+        ) from None
+    except cloudflare.APIConnectionError as exc:
+        raise ProviderError(
+            f"cannot reach the Cloudflare API while {what} ({type(exc).__name__})",
+            hint=f"check the network and {BASE_URL_ENV}; then re-run",
+        ) from None
 
 
 def _matches(record: Any, wanted: dict[str, Any]) -> bool:

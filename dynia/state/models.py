@@ -24,6 +24,12 @@ NODE_READY = "ready"
 NODE_OUT_OF_SYNC = "out-of-sync"
 NODE_STATUSES = (NODE_PROVISIONING, NODE_READY, NODE_OUT_OF_SYNC)
 
+# Who issues the cluster certificate: Dynia's local CA, or Cloudflare's Origin CA (trusted only
+# by Cloudflare's edge, so it goes with proxied records).
+CERT_ISSUER_LOCAL = "local"
+CERT_ISSUER_CLOUDFLARE_ORIGIN = "cloudflare-origin"
+CERT_ISSUERS = (CERT_ISSUER_LOCAL, CERT_ISSUER_CLOUDFLARE_ORIGIN)
+
 MASTER_PRIORITY = 150
 BACKUP_PRIORITY = 100
 
@@ -132,6 +138,8 @@ class ClusterSettings:
     http_port: int = 80
     https_port: int = 443
     health_path: str = "/dynia-health"
+    certificate_issuer: str = CERT_ISSUER_LOCAL  # who signs the cluster certificate
+    dns_proxied: bool = False  # A records proxied through the DNS provider's edge (Cloudflare)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterSettings:
