@@ -37,6 +37,17 @@ def cluster_group() -> None:
 @click.option("--node-provider", help="local or digitalocean (default from config: local).")
 @click.option("--dns-provider", help="local or cloudflare (default from config: local).")
 @click.option(
+    "--cert-issuer",
+    type=click.Choice(["local", "cloudflare-origin"]),
+    help="CA of the cluster certificate: local, or cloudflare-origin (Cloudflare's Origin CA; "
+    "needs --dns-provider cloudflare and --proxied). Default from config: local.",
+)
+@click.option(
+    "--proxied/--no-proxied",
+    default=None,
+    help="Proxy the cluster's DNS records through Cloudflare's edge (default from config: no).",
+)
+@click.option(
     "--plan-only", is_flag=True, help="Only record the planned cluster; provision nothing yet."
 )
 @click.pass_obj
@@ -48,6 +59,8 @@ def create_command(
     size: str | None,
     node_provider: str | None,
     dns_provider: str | None,
+    cert_issuer: str | None,
+    proxied: bool | None,
     plan_only: bool,
 ) -> None:
     """Provision nodes and the infra layer (HAProxy, Caddy, keepalived); no app, no DNS yet.
@@ -61,6 +74,8 @@ def create_command(
       dynia cluster create --name demo --nodes 3
       dynia cluster create --name prod --nodes 3 --node-provider digitalocean \\
           --dns-provider cloudflare --region fra1 --size s-1vcpu-2gb
+      dynia cluster create --name edge --node-provider digitalocean \\
+          --dns-provider cloudflare --proxied --cert-issuer cloudflare-origin
     """
     defaults = load_defaults(app.layout)
     request = CreateRequest(
@@ -70,6 +85,8 @@ def create_command(
         size=size or defaults.size,
         node_provider=node_provider or defaults.node_provider,
         dns_provider=dns_provider or defaults.dns_provider,
+        cert_issuer=cert_issuer or defaults.cert_issuer,
+        dns_proxied=defaults.dns_proxied if proxied is None else proxied,
         plan_only=plan_only,
     )
     create_cluster(app.layout, store_of(app), request, progress_line, event_sink())

@@ -15,6 +15,16 @@ from dynia.services.config import save_defaults
 @click.option("--region", help="Default region, e.g. fra1 on DigitalOcean.")
 @click.option("--size", help="Default node size, e.g. s-1vcpu-2gb on DigitalOcean.")
 @click.option(
+    "--cert-issuer",
+    type=click.Choice(["local", "cloudflare-origin"]),
+    help="Default CA of cluster certificates: local, or cloudflare-origin (needs --proxied).",
+)
+@click.option(
+    "--proxied/--no-proxied",
+    default=None,
+    help="Default for DNS records: proxied through Cloudflare's edge, or DNS only.",
+)
+@click.option(
     "--local-dns-zone",
     "zones",
     multiple=True,
@@ -27,6 +37,8 @@ def init_command(
     dns_provider: str | None,
     region: str | None,
     size: str | None,
+    cert_issuer: str | None,
+    proxied: bool | None,
     zones: tuple[str, ...],
 ) -> None:
     """Create the dynia home (state, config) and record the defaults new clusters use.
@@ -38,13 +50,19 @@ def init_command(
       dynia init
       dynia init --node-provider digitalocean --dns-provider cloudflare --region fra1
       dynia init --local-dns-zone shop.test
+      dynia init --dns-provider cloudflare --cert-issuer cloudflare-origin --proxied
     """
-    given = {"node_provider": node_provider, "dns_provider": dns_provider, "region": region}
-    given["size"] = size
+    given: dict[str, str | bool | None] = {
+        "node_provider": node_provider,
+        "dns_provider": dns_provider,
+        "region": region,
+    }
+    given.update(size=size, cert_issuer=cert_issuer, dns_proxied=proxied)
     updates = {key: value for key, value in given.items() if value is not None}
     defaults = save_defaults(app.layout, store_of(app), updates, list(zones))
     click.echo(f"Dynia home: {app.home}")
     click.echo(
         f"Defaults: node provider {defaults.node_provider}, DNS provider {defaults.dns_provider}, "
-        f"region {defaults.region}, size {defaults.size}"
+        f"region {defaults.region}, size {defaults.size}, certificates from the "
+        f"{defaults.cert_issuer} CA, records {'proxied' if defaults.dns_proxied else 'DNS only'}"
     )

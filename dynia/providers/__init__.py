@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dynia.errors import UsageError
 from dynia.paths import HomeLayout
 from dynia.providers.base import DnsProvider, NodeProvider
+
+if TYPE_CHECKING:
+    from dynia.state.models import Cluster
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,29 @@ def get_node_provider(name: str, layout: HomeLayout) -> NodeProvider:
 LOCAL_DEFAULT_ZONES = ["test"]
 
 
-def get_dns_provider(name: str, layout: HomeLayout) -> DnsProvider:
-    """The named DNS provider; its SDK is imported only now."""
+def get_dns_provider(name: str, layout: HomeLayout, *, proxied: bool = False) -> DnsProvider:
+    """The named DNS provider; its SDK is imported only now.
+
+    ``proxied``: records go through the provider's edge (Cloudflare); refused by the local one.
+    """
     if check_dns_provider(name) == "local":
+        if proxied:
+            raise UsageError(
+                "the local DNS provider cannot proxy records",
+                hint="proxied records need --dns-provider cloudflare",
+            )
         from dynia.providers.local.dns import LocalDnsProvider
 
         zones = _config_value(layout, "local_dns_zones")
         return LocalDnsProvider(layout, zones=zones or LOCAL_DEFAULT_ZONES)
     from dynia.providers.cloudflare import CloudflareDnsProvider
 
-    return CloudflareDnsProvider()
+    return CloudflareDnsProvider(proxied=proxied)
+
+
+def dns_provider_for(cluster: Cluster, layout: HomeLayout) -> DnsProvider:
+    """The cluster's DNS provider, writing records as its settings say (proxied or not)."""
+    return get_dns_provider(cluster.dns_provider, layout, proxied=cluster.settings.dns_proxied)
 
 
 def _config_value(layout: HomeLayout, key: str) -> Any:

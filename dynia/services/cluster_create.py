@@ -20,9 +20,11 @@ from dynia.providers import (
     node_provider_traits,
 )
 from dynia.services import infra
+from dynia.services.certificates import check_certificate_options
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore, Transaction
 from dynia.state.models import (
+    CERT_ISSUER_LOCAL,
     STATUS_INFRA_READY,
     STATUS_PLANNED,
     Cluster,
@@ -43,6 +45,8 @@ class CreateRequest:
     node_provider: str
     dns_provider: str
     plan_only: bool = False
+    cert_issuer: str = CERT_ISSUER_LOCAL
+    dns_proxied: bool = False
 
 
 def _validate(request: CreateRequest) -> None:
@@ -57,6 +61,7 @@ def _validate(request: CreateRequest) -> None:
         )
     check_node_provider(request.node_provider)
     check_dns_provider(request.dns_provider)
+    check_certificate_options(request.dns_provider, request.cert_issuer, request.dns_proxied)
 
 
 def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
@@ -69,6 +74,12 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
                 ("--node-provider", request.node_provider, existing.node_provider),
                 ("--dns-provider", request.dns_provider, existing.dns_provider),
                 ("--region", request.region, existing.region),
+                (
+                    "--cert-issuer",
+                    request.cert_issuer,
+                    existing.settings.certificate_issuer,
+                ),
+                ("--proxied", request.dns_proxied, existing.settings.dns_proxied),
             )
             if mine != theirs
         ]
@@ -87,7 +98,11 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
         size=request.size,
         planned_nodes=request.nodes,
         status=STATUS_PLANNED,
-        settings=ClusterSettings(vrrp_advert_int=traits.default_vrrp_advert_int),
+        settings=ClusterSettings(
+            vrrp_advert_int=traits.default_vrrp_advert_int,
+            certificate_issuer=request.cert_issuer,
+            dns_proxied=request.dns_proxied,
+        ),
     )
     txn.state.clusters[cluster.name] = cluster
     txn.save()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dynia.errors import StateError, UsageError
 from dynia.paths import HomeLayout
 from dynia.providers import check_dns_provider, check_node_provider
+from dynia.services.certificates import check_certificate_options
 from dynia.state import StateStore
 from dynia.state.models import validate_domain
 
@@ -20,6 +21,8 @@ class Defaults:
     dns_provider: str = "local"
     region: str = "local"
     size: str = "small"
+    cert_issuer: str = "local"  # "local" or "cloudflare-origin"
+    dns_proxied: bool = False
 
 
 def load_defaults(layout: HomeLayout) -> Defaults:
@@ -46,6 +49,9 @@ def save_defaults(
         check_node_provider(updates["node_provider"])
     if "dns_provider" in updates:
         check_dns_provider(updates["dns_provider"])
+    if {"dns_provider", "cert_issuer", "dns_proxied"} & set(updates):
+        merged = replace(load_defaults(layout), **updates)
+        check_certificate_options(merged.dns_provider, merged.cert_issuer, merged.dns_proxied)
     for zone in zones:
         try:
             validate_domain(zone)

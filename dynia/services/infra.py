@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from dynia import naming, pki, ssh
+from dynia import naming, ssh
 from dynia.errors import VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
-from dynia.services import rollout
+from dynia.services import certificates, rollout
 from dynia.services.rollout import EventSink
 from dynia.state import Transaction
 from dynia.state.models import (
@@ -139,12 +139,13 @@ def provision(
 
 
 def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> None:
-    """Issue the cluster certificate when none exists or it lacks a routed domain."""
-    domains = sorted(cluster.routes)
-    current = pki.current_certificate(layout, cluster.name)
-    if current is not None and current.covers(domains):
+    """Issue the cluster certificate if it is missing, lacks a routed domain or has the wrong CA.
+
+    The CA is the cluster's ``certificate_issuer`` (see ``services/certificates.py``).
+    """
+    if not certificates.needs_new_certificate(layout, cluster):
         return
-    bundle = pki.issue_cluster_certificate(layout, cluster.name, domains)
+    bundle = certificates.issue_certificate(layout, cluster)
     cluster.tls_fingerprint = bundle.fingerprint_sha256
     cluster.mark_step(STEP_TLS)
     txn.save()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dynia import pki
 from dynia.errors import UsageError
 from dynia.paths import HomeLayout
 from dynia.providers import get_node_provider
-from dynia.services import infra, rollout
+from dynia.services import certificates, infra, rollout
 from dynia.services.clusters import cluster_transaction, get_cluster, resolve_cluster_name
 from dynia.services.render import render_cluster
 from dynia.services.rollout import DriftReport, EventSink
@@ -101,9 +100,15 @@ def rotate_certificate(
 ) -> str:
     """Issue a new cluster certificate and roll it out node by node; returns its fingerprint."""
     with cluster_transaction(store, cluster_option, "dynia cert rotate") as (txn, cluster):
-        bundle = pki.issue_cluster_certificate(layout, cluster.name, sorted(cluster.routes))
+        bundle = certificates.issue_certificate(layout, cluster)
         cluster.tls_fingerprint = bundle.fingerprint_sha256
         txn.save()
-        progress(f"Issued a new certificate ({bundle.fingerprint_sha256[:16]}…); rolling it out")
+        progress(
+            f"Issued a new certificate ({bundle.fingerprint_sha256[:16]}…, {bundle.issuer} CA); "
+            "rolling it out"
+        )
         rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+        # Only now: a replaced Origin CA certificate is revoked once no node serves it.
+        for message in certificates.revoke_superseded(layout, cluster):
+            progress(message)
         return bundle.fingerprint_sha256

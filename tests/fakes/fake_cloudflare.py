@@ -9,15 +9,29 @@ Endpoints (under ``/client/v4``): ``GET /zones`` (``name`` filter), ``GET /zones
 ``GET|POST /zones/{id}/dns_records`` (``name`` / ``name.exact`` and ``type`` filters),
 ``GET|PUT|PATCH|DELETE /zones/{id}/dns_records/{record_id}``.
 
+Origin CA (``cloudflare.types.origin_ca_certificates.OriginCACertificate``): ``POST /certificates``
+signs the CSR's public key with a fake "Origin CA" root the fake holds (``origin_root_pem``) for
+the requested hostnames, which must lie in the account's zones; ``GET /certificates`` (by
+``zone_id``), ``GET /certificates/{id}`` and ``DELETE /certificates/{id}`` (revoke). As on the real
+API, the id is the certificate's serial number in decimal.
+
 Test controls: ``add_zone(name)``; faults ``rate_limit(count, reset_in)`` (429 with
-``retry-after``), ``server_errors(count)``, ``reject_token()``, and the generic ``inject``.
+``retry-after``), ``server_errors(count)``, ``reject_token()``, ``deny_certificates()`` (the token
+lacks SSL and Certificates:Edit: 403 on the Origin CA endpoints), and the generic ``inject``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import uuid
 from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._http import FakeApiServer, Request, Response, now_iso
 
@@ -36,6 +50,16 @@ _ERRORS = {
 }
 
 
+VALIDITIES = (7, 30, 90, 365, 730, 1095, 5475)
+_LEAF_SUBJECT = x509.Name(
+    [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CloudFlare, Inc."),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "CloudFlare Origin CA"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "CloudFlare Origin Certificate"),
+    ]
+)
+
+
 def _envelope(result: Any, **extra: Any) -> dict[str, Any]:
     return {"success": True, "errors": [], "messages": [], "result": result, **extra}
 
@@ -48,7 +72,15 @@ class FakeCloudflare(FakeApiServer):
         self.zones: dict[str, dict[str, Any]] = {}
         self.records: dict[str, dict[str, Any]] = {}  # id -> record (with "zone_id")
         self._accepted_token = token
+        self.origin_certificates: dict[str, dict[str, Any]] = {}  # id -> certificate
+        self._certificates_denied = False
+        self._origin_key = ec.generate_private_key(ec.SECP256R1())
+        self.origin_root = _origin_root(self._origin_key)
         self._register_routes()
+
+    @property
+    def origin_root_pem(self) -> bytes:
+        return self.origin_root.public_bytes(serialization.Encoding.PEM)
 
     @property
     def base_url(self) -> str:
@@ -74,6 +106,10 @@ class FakeCloudflare(FakeApiServer):
         self, count: int = 3, *, path_prefix: str = PREFIX, status: int = 500
     ) -> None:
         self.inject(status, count=count, path_prefix=path_prefix)
+
+    def deny_certificates(self) -> None:
+        """From now on the token lacks SSL and Certificates:Edit."""
+        self._certificates_denied = True
 
     def reject_token(self) -> None:
         self._accepted_token = "revoked-" + uuid.uuid4().hex
@@ -108,6 +144,11 @@ class FakeCloudflare(FakeApiServer):
         self.route("PUT", one, self._records_put)
         self.route("PATCH", one, self._records_patch)
         self.route("DELETE", one, self._records_delete)
+        certificates = PREFIX + "/certificates"
+        self.route("POST", certificates, self._certificates_create)
+        self.route("GET", certificates, self._certificates_list)
+        self.route("GET", certificates + "/{certificate_id}", self._certificates_get)
+        self.route("DELETE", certificates + "/{certificate_id}", self._certificates_revoke)
 
     def _page(self, request: Request, items: list[Any]) -> Response:
         try:
@@ -309,3 +350,165 @@ class FakeCloudflare(FakeApiServer):
             return problem or self._error(404, 81044, "Record does not exist.")
         del self.records[record["id"]]
         return Response(200, _envelope({"id": record["id"]}))
+
+    # origin CA
+
+    def _in_account(self, hostname: str) -> bool:
+        name = hostname.lower()
+        if name.startswith("*."):
+            name = name[2:]
+            if "*" in name or "." not in name:
+                return False
+        return any(name == z["name"] or name.endswith("." + z["name"]) for z in self.zones.values())
+
+    def _denied(self) -> Response | None:
+        if self._certificates_denied:
+            return self._error(403, 10000, "Authentication error")
+        return None
+
+    def _certificates_create(self, request: Request) -> Response:
+        denied = self._denied()
+        if denied is not None:
+            return denied
+        body = request.body if isinstance(request.body, dict) else {}
+        csr, problem = _parse_csr(body.get("csr"), body.get("request_type"))
+        if problem is not None or csr is None:
+            return self._error(400, 1010, problem or "invalid CSR")
+        hostnames = body.get("hostnames")
+        if not isinstance(hostnames, list) or not hostnames:
+            return self._error(400, 1010, "hostnames must be a non-empty list")
+        outside = [h for h in hostnames if not isinstance(h, str) or not self._in_account(h)]
+        if outside:
+            return self._error(
+                400,
+                1010,
+                f"Failed to validate requested hostname {outside[0]}: This zone is either not "
+                "part of your account, or you do not have access to it. Please contact support "
+                "if using a multi-user organization.",
+            )
+        validity = body.get("requested_validity", 5475)
+        if validity not in VALIDITIES:
+            return self._error(400, 1012, f"requested_validity must be one of {VALIDITIES}")
+        certificate = self._sign(csr, [h.lower() for h in hostnames], int(validity))
+        made = {
+            "id": str(certificate.serial_number),
+            "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            "hostnames": [h.lower() for h in hostnames],
+            "expires_on": certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S +0000 UTC"),
+            "request_type": body["request_type"],
+            "requested_validity": int(validity),
+            "csr": body["csr"],
+            "revoked_at": None,
+        }
+        self.origin_certificates[made["id"]] = made
+        return Response(200, _envelope(made))
+
+    def _sign(
+        self, csr: x509.CertificateSigningRequest, hostnames: list[str], days: int
+    ) -> x509.Certificate:
+        now = dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_LEAF_SUBJECT)
+            .issuer_name(self.origin_root.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(self._origin_key, hashes.SHA256())
+        )
+
+    def _certificate_json(self, certificate: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in certificate.items() if k != "revoked_at"}
+
+    def _certificates_list(self, request: Request) -> Response:
+        denied = self._denied()
+        if denied is not None:
+            return denied
+        zone = self.zones.get(request.query.get("zone_id", ""))
+        if zone is None:
+            return self._error(400, 1001, "Invalid zone identifier")
+        chosen = [
+            self._certificate_json(c)
+            for c in self.origin_certificates.values()
+            if c["revoked_at"] is None
+            and any(h.removeprefix("*.").endswith(zone["name"]) for h in c["hostnames"])
+        ]
+        return self._page(request, chosen)
+
+    def _certificate_or_error(self, request: Request) -> dict[str, Any] | Response:
+        denied = self._denied()
+        if denied is not None:
+            return denied
+        certificate = self.origin_certificates.get(request.params["certificate_id"])
+        if certificate is None:
+            return self._error(404, 1003, "Certificate not found")
+        return certificate
+
+    def _certificates_get(self, request: Request) -> Response:
+        found = self._certificate_or_error(request)
+        if isinstance(found, Response):
+            return found
+        return Response(200, _envelope(self._certificate_json(found)))
+
+    def _certificates_revoke(self, request: Request) -> Response:
+        found = self._certificate_or_error(request)
+        if isinstance(found, Response):
+            return found
+        found["revoked_at"] = found["revoked_at"] or now_iso()
+        return Response(200, _envelope({"id": found["id"], "revoked_at": found["revoked_at"]}))
+
+
+def _origin_root(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A self-signed root named like Cloudflare's Origin CA for ECDSA certificates."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CloudFlare, Inc."),
+            x509.NameAttribute(
+                NameOID.ORGANIZATIONAL_UNIT_NAME, "CloudFlare Origin SSL ECC Certificate Authority"
+            ),
+            x509.NameAttribute(NameOID.LOCALITY_NAME, "San Francisco"),
+            x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "California"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _parse_csr(
+    csr_pem: Any, request_type: Any
+) -> tuple[x509.CertificateSigningRequest | None, str | None]:
+    """The CSR if it is well formed, self-signed correctly and of the requested key type."""
+    if request_type not in ("origin-rsa", "origin-ecc", "keyless-certificate"):
+        return None, "request_type must be origin-rsa, origin-ecc or keyless-certificate"
+    if not isinstance(csr_pem, str):
+        return None, "csr must be a PEM string"
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        if not csr.is_signature_valid:
+            raise InvalidSignature
+    except (ValueError, InvalidSignature):
+        return None, "Failed to read the CSR: it is not a valid, signed PEM certificate request"
+    wanted = ec.EllipticCurvePublicKey if request_type == "origin-ecc" else rsa.RSAPublicKey
+    if request_type != "keyless-certificate" and not isinstance(csr.public_key(), wanted):
+        return None, f"the CSR's key does not match request_type {request_type}"
+    return csr, None
