@@ -191,6 +191,8 @@ class LocalNodeProvider:
         if existing:
             if not existing[0]["State"]["Running"]:
                 self.docker.run(["start", name])
+            # A run killed between `docker run` and the key copy left a node nobody can log in to.
+            self._authorize(name, spec.ssh_public_key)
             return self._wait_ready(spec, name, network, created=False)
         image = self._image or ensure_node_image(docker=self.docker, progress=self._progress).tag
         try:
