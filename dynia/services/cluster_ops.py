@@ -6,13 +6,21 @@ from collections.abc import Callable
 
 from dynia.errors import NotFoundError, UsageError
 from dynia.paths import HomeLayout
-from dynia.providers import get_dns_provider, get_node_provider
-from dynia.providers.base import ReservedIpInfo
-from dynia.services import infra, rollout
+from dynia.providers import dns_provider_for, get_node_provider
+from dynia.providers.base import NodeProvider, ReservedIpInfo
+from dynia.services import certificates, infra, rollout
 from dynia.services.clusters import cluster_transaction, get_cluster
+from dynia.services.render import render_cluster
 from dynia.services.rollout import EventSink
-from dynia.state import StateStore
-from dynia.state.models import MASTER_PRIORITY, STATUS_PLANNED, Cluster, Node
+from dynia.state import StateStore, Transaction
+from dynia.state.models import (
+    BACKUP_PRIORITY,
+    MASTER_PRIORITY,
+    NODE_PROVISIONING,
+    STATUS_PLANNED,
+    Cluster,
+    Node,
+)
 
 Progress = Callable[[str], None]
 
@@ -42,23 +50,28 @@ def add_node(
     progress: Progress,
     on_event: EventSink = None,
 ) -> Node:
-    """Create one node, then re-render and roll out so every peer list includes it."""
+    """Create one node, then re-render and roll out so every peer list includes it.
+
+    A node planned or created by an interrupted run is finished instead of adding another.
+    """
     with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
         _require_ready(cluster)
         provider = get_node_provider(cluster.node_provider, layout)
         public_key = infra.ensure_keys(layout, txn, cluster)
-        new = infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)
+        unfinished = [n.name for n in cluster.nodes.values() if n.status == NODE_PROVISIONING]
+        if unfinished:
+            progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
+        else:
+            unfinished = [n.name for n in infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)]
         infra.create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
         progress("Preparing the new node (bootstrap)")
-        from dynia.services.render import render_cluster
-
         render_cluster(layout, cluster)
-        rollout.run(layout, cluster, "bootstrap.yml", on_event, limit=new[0].name)
+        rollout.run(layout, cluster, "bootstrap.yml", on_event, limit=",".join(unfinished))
         _ship_images(layout, cluster, progress)
         progress("Rolling sync: peers learn the new node, one node at a time")
         rollout.render_and_sync(layout, cluster, on_event)
         txn.save()
-        return cluster.nodes[new[0].name]
+        return cluster.nodes[unfinished[0]]
 
 
 def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
@@ -76,7 +89,11 @@ def remove_node(
     progress: Progress,
     on_event: EventSink = None,
 ) -> None:
-    """Drain the node, move the MASTER role away if it has it, delete it, re-render and sync."""
+    """Move the MASTER role away if the node has it, stop routing to it, delete it.
+
+    Only the remaining nodes are synced, so a node that is already dead can be removed too.
+    State forgets the node only once the provider deleted it: a failed delete can be re-run.
+    """
     with cluster_transaction(store, cluster_option, "dynia cluster node remove") as (txn, cluster):
         node = _node(cluster, node_name)
         if len(cluster.nodes) == 1:
@@ -85,15 +102,14 @@ def remove_node(
                 hint="delete the whole cluster with `dynia cluster delete` instead",
             )
         provider = get_node_provider(cluster.node_provider, layout)
+        remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
         if cluster.master and cluster.master.name == node_name:
             successor = sorted(n for n in cluster.nodes if n != node_name)[0]
             progress(f"{node_name} is MASTER: moving the role to {successor} first")
-            _make_master(layout, txn, cluster, successor, provider, progress, on_event)
-        progress(f"Draining {node_name} from HAProxy on every node")
+            _make_master(layout, txn, cluster, successor, provider, progress, on_event, remaining)
+        progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
         del cluster.nodes[node_name]
-        # Peers stop routing to the node before it disappears: sync them without it first.
-        rollout.render_and_sync(layout, cluster, on_event)
-        txn.save()
+        rollout.render_and_sync(layout, cluster, on_event, limit=remaining)
         progress(f"Deleting {node_name}")
         provider.delete_node(cluster.name, node.provider_id)
         infra.write_known_hosts(layout, cluster)
@@ -102,18 +118,22 @@ def remove_node(
 
 def _make_master(
     layout: HomeLayout,
-    txn: object,
+    txn: Transaction,
     cluster: Cluster,
     target: str,
-    provider: object,
+    provider: NodeProvider,
     progress: Progress,
     on_event: EventSink,
+    limit: str | None = None,
 ) -> None:
+    """Give ``target`` the highest VRRP priority, roll it out and point the Reserved IP at it."""
     ordered = [target, *sorted(n for n in cluster.nodes if n != target)]
     for index, name in enumerate(ordered):
-        cluster.nodes[name].priority = MASTER_PRIORITY if index == 0 else 100 - index + 1
-    rollout.render_and_sync(layout, cluster, on_event)
-    infra.attach_reserved_ip(txn, cluster, provider, progress)  # type: ignore[arg-type]
+        backup_priority = BACKUP_PRIORITY - index + 1
+        cluster.nodes[name].priority = MASTER_PRIORITY if index == 0 else backup_priority
+    txn.save()  # the inventory's master/backup groups follow the new priorities
+    rollout.render_and_sync(layout, cluster, on_event, limit=limit)
+    infra.attach_reserved_ip(txn, cluster, provider, progress)
 
 
 def activate_node(
@@ -150,7 +170,7 @@ def delete_cluster(
     with store.transaction("dynia cluster delete") as txn:
         cluster = get_cluster(txn.state, name)
         if cluster.routes:
-            dns = get_dns_provider(cluster.dns_provider, layout)
+            dns = dns_provider_for(cluster, layout)
             for domain in sorted(cluster.routes):
                 progress(f"Deleting DNS record {domain}")
                 dns.delete_a_record(domain)
@@ -189,6 +209,8 @@ def delete_cluster(
             del cluster.nodes[node.name]
             txn.save()
         provider.delete_network(cluster.name)
+        for line in certificates.revoke_all(layout, cluster):
+            progress(line)
         del txn.state.clusters[name]
         if txn.state.current_cluster == name:
             txn.state.current_cluster = None

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
 from dynia.paths import HomeLayout
-from dynia.providers import get_dns_provider
+from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
-from dynia.services import infra, rollout
+from dynia.services import certificates, infra, rollout
 from dynia.services.clusters import get_cluster, resolve_cluster_name
 from dynia.services.images import resolve_images, ship_service_images
 from dynia.services.render import render_cluster
@@ -112,22 +112,47 @@ def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
     )
 
 
-def _roll_out_or_restore(
+def _restore_previous(
+    layout: HomeLayout,
+    txn: Transaction,
+    previous: Cluster,
+    failure: Exception,
+    progress: Progress,
+    on_event: EventSink,
+) -> None:
+    """Put the previous definition back in state and deploy-config, and on any node it left.
+
+    A health gate stops the roll on the failing node (which restores itself); nodes updated
+    before it are synced back here, so every node serves the previous version again.
+    """
+    txn.state.clusters[previous.name] = previous
+    txn.save()
+    render_cluster(layout, previous, validate=False)
+    result = getattr(failure, "result", None)
+    updated = sorted(
+        name for name, host in (result.hosts.items() if result else []) if host.ok and host.changed
+    )
+    if updated:
+        progress(f"Rolling {', '.join(updated)} back to the previous version")
+        rollout.run(layout, previous, "sync.yml", on_event, limit=",".join(updated))
+    if isinstance(failure, RunnerError):
+        progress("Rollout stopped; the previous version is serving on every node.")
+
+
+def _apply_or_restore(
     layout: HomeLayout,
     txn: Transaction,
     cluster: Cluster,
     previous: Cluster,
+    change: Callable[[], None],
     progress: Progress,
     on_event: EventSink,
 ) -> None:
-    """Sync; on failure put the previous definition back in state and deploy-config."""
+    """Run ``change`` (ship images, roll out); any failure restores ``previous`` everywhere."""
     try:
-        rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
-    except RunnerError:
-        txn.state.clusters[cluster.name] = previous
-        render_cluster(layout, previous, validate=False)
-        txn.save()
-        progress("Rollout stopped; the previous version is still serving.")
+        change()
+    except Exception as failure:
+        _restore_previous(layout, txn, previous, failure, progress, on_event)
         raise
 
 
@@ -143,7 +168,7 @@ def deploy_service(
     domain = _checked_domain(request.domain) if request.domain else None
     with store.transaction("dynia deploy") as txn:
         cluster = _ready_cluster(txn, cluster_option)
-        dns = get_dns_provider(cluster.dns_provider, layout) if domain else None
+        dns = dns_provider_for(cluster, layout) if domain else None
         if domain and dns:
             _check_route_free(cluster, domain, request.name)
             dns.find_zone(domain)
@@ -152,17 +177,29 @@ def deploy_service(
         cluster.services[service.name] = service
         if domain:
             cluster.routes.setdefault(domain, Route(domain=domain, service=service.name))
-            infra.ensure_certificate(layout, txn, cluster)
-        progress(f"Copying images of {service.name} to nodes that lack them")
-        ship_service_images(layout, cluster, [service], progress)
-        progress(f"Rolling out {service.name}, one node at a time")
-        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)
+
+        def change() -> None:
+            if domain:
+                infra.ensure_certificate(layout, txn, cluster)
+            progress(f"Copying images of {service.name} to nodes that lack them")
+            ship_service_images(layout, cluster, [service], progress)
+            progress(f"Rolling out {service.name}, one node at a time")
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
+        _revoke_replaced_certificates(layout, cluster, progress)
         cluster.status = STATUS_SERVING
         txn.save()
         outcome = DeployOutcome(service=service.name, changed=True)
         if domain and dns:
             outcome.warnings += _bind_dns(txn, cluster, domain, dns, layout, progress)
         return outcome
+
+
+def _revoke_replaced_certificates(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+    """Revoke certificates a rollout replaced (Cloudflare Origin CA) that no node serves now."""
+    for line in certificates.revoke_superseded(layout, cluster):
+        progress(line)
 
 
 def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
@@ -214,12 +251,17 @@ def bind_route(
                 hint="deploy it first with `dynia deploy --name ... --compose ...`",
             )
         _check_route_free(cluster, domain, service_name)
-        dns = get_dns_provider(cluster.dns_provider, layout)
+        dns = dns_provider_for(cluster, layout)
         dns.find_zone(domain)
         previous = copy.deepcopy(cluster)
         cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
-        infra.ensure_certificate(layout, txn, cluster)
-        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)
+
+        def change() -> None:
+            infra.ensure_certificate(layout, txn, cluster)
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
+        _revoke_replaced_certificates(layout, cluster, progress)
         return _bind_dns(txn, cluster, domain, dns, layout, progress)
 
 
@@ -239,11 +281,15 @@ def unbind_route(
                 f"{domain} is not bound in cluster {cluster.name!r}",
                 hint=f"bound domains: {', '.join(sorted(cluster.routes)) or 'none'}",
             )
-        dns = get_dns_provider(cluster.dns_provider, layout)
+        dns = dns_provider_for(cluster, layout)
         progress(f"Deleting DNS record {domain}")
         dns.delete_a_record(domain)
         cluster.routes[domain].dns_record_id = None
         txn.save()
         previous = copy.deepcopy(cluster)
         del cluster.routes[domain]
-        _roll_out_or_restore(layout, txn, cluster, previous, progress, on_event)
+
+        def change() -> None:
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)

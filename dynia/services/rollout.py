@@ -90,6 +90,10 @@ def drift_check(layout: HomeLayout, cluster: Cluster, on_event: EventSink = None
     """Read-only comparison of every node with deploy-config."""
     result = run(layout, cluster, "drift-check.yml", on_event)
     report = DriftReport(nodes=sorted(cluster.nodes))
+    for node in report.nodes:
+        if node not in result.hosts:
+            # A node the playbook never reached is not known to match: report it, never pass it.
+            report.entries.append(DriftEntry(node, "*", None, None, "not checked"))
     for node, entries in sorted(result.reports.items()):
         for entry in entries:
             report.entries.append(
@@ -98,7 +102,7 @@ def drift_check(layout: HomeLayout, cluster: Cluster, on_event: EventSink = None
                     path=entry["path"],
                     expected=entry.get("expected"),
                     actual=entry.get("actual"),
-                    detail=entry.get("detail", ""),
+                    detail=", ".join(entry.get("reasons", [])),
                 )
             )
     return report
