@@ -44,6 +44,8 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
                 f"{source}: service {name!r} has neither 'image' nor 'build'",
                 hint="give each service an image (Dynia ships local images to the nodes)",
             )
+        if "image" in body and not isinstance(body["image"], str):
+            raise UsageError(f"{source}: service {name!r} has an image that is not a name")
         if "build" in body and "image" not in body:
             raise UsageError(
                 f"{source}: service {name!r} uses 'build' without 'image'",
@@ -52,13 +54,23 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
     return document
 
 
+def _port_number(value: object) -> int:
+    text = str(value).split("/")[0].split("-")[0]
+    if not text.isdigit():
+        raise UsageError(
+            f"cannot read a port number from {value!r} in the compose file",
+            hint='write container ports as plain numbers (e.g. expose: ["8080"]) or pass --port',
+        )
+    return int(text)
+
+
 def _container_port_of(body: dict[str, Any]) -> int | None:
     for entry in body.get("ports") or []:
         target = entry.get("target") if isinstance(entry, dict) else str(entry).split(":")[-1]
         if target is not None:
-            return int(str(target).split("/")[0].split("-")[0])
+            return _port_number(target)
     for entry in body.get("expose") or []:
-        return int(str(entry).split("/")[0].split("-")[0])
+        return _port_number(entry)
     return None
 
 

@@ -61,6 +61,11 @@ def run_playbook(
         )
         rc = int(runner.rc if runner.rc is not None else 1)
         status = runner.status
+    except Exception as exc:  # ansible-runner raises its own kinds for a broken setup
+        raise RunnerError(
+            f"could not run {playbook}: {exc}",
+            hint="check the Ansible installation beside dynia (`ansible-playbook --version`)",
+        ) from exc
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     result = collector.result(rc)

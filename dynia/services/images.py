@@ -17,13 +17,26 @@ from dynia.state.models import Cluster, Node, Service
 Progress = Callable[[str], None]
 
 
+def _docker(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the controller's docker client; a missing client or a hang is an operator error."""
+    try:
+        return subprocess.run(
+            ["docker", *argv], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except FileNotFoundError as exc:
+        raise UsageError(
+            "deploy needs the docker client on this machine to read and copy service images",
+            hint="install Docker here (e.g. `dynia local setup` or apt-get install docker.io)",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ProviderError(
+            f"`docker {' '.join(argv)}` did not finish within {timeout:.0f}s",
+            hint="check the Docker engine here (`docker info`) and the registry, then retry",
+        ) from exc
+
+
 def local_image_id(image: str) -> str | None:
-    done = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", image],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _docker(["image", "inspect", "--format", "{{.Id}}", image])
     return done.stdout.strip() if done.returncode == 0 else None
 
 
@@ -33,9 +46,7 @@ def resolve_images(images: list[str]) -> dict[str, str]:
     for image in images:
         image_id = local_image_id(image)
         if image_id is None:
-            pulled = subprocess.run(
-                ["docker", "pull", image], capture_output=True, check=False, timeout=300
-            )
+            pulled = _docker(["pull", image], timeout=300)
             image_id = local_image_id(image) if pulled.returncode == 0 else None
         if image_id is None:
             raise UsageError(

@@ -158,7 +158,7 @@ def verify_route(
                 service.health_path,
                 pinned,
             )
-            if 200 <= status < 400:
+            if 200 <= status < 300:
                 return f"https://{domain}{service.health_path} -> {status}"
             raise VerifyError(f"https://{domain}{service.health_path} answered {status}: {body}")
         except (OSError, ssl.SSLError) as exc:
