@@ -211,3 +211,23 @@ def test_init_refuses_an_unknown_provider_and_keeps_the_config(tmp_path: Path) -
     done = dynia(tmp_path, "init", "--dns-provider", "route53")
     assert done.returncode == 2 and "unknown DNS provider 'route53'" in done.stderr
     assert (tmp_path / "config.json").read_bytes() == before
+
+
+def test_create_again_with_other_settings_is_refused(tmp_path: Path) -> None:
+    dynia(tmp_path, "cluster", "create", "--name", "a1", "--nodes", "2", "--plan-only", check=True)
+    before = (tmp_path / "state.json").read_bytes()
+    done = dynia(tmp_path, "cluster", "create", "--name", "a1", "--nodes", "3", "--plan-only")
+    assert done.returncode == 2 and "different --nodes" in done.stderr
+    assert (tmp_path / "state.json").read_bytes() == before
+    again = dynia(tmp_path, "cluster", "create", "--name", "a1", "--nodes", "2", "--plan-only")
+    assert again.returncode == 0
+
+
+@pytest.mark.parametrize("command", [["sync"], ["drift-check"], ["repair", "--force"]])
+def test_commands_on_nodes_refuse_a_cluster_without_nodes(
+    tmp_path: Path, command: list[str]
+) -> None:
+    dynia(tmp_path, "cluster", "create", "--name", "a1", "--plan-only", check=True)
+    done = dynia(tmp_path, "--cluster", "a1", *command)
+    assert done.returncode == 2
+    assert "no provisioned nodes" in done.stderr and "dynia cluster create --name a1" in done.stderr

@@ -30,7 +30,9 @@ def cluster_group() -> None:
 
 
 @cluster_group.command("create")
-@click.option("--name", required=True, help="Cluster name (a-z, 0-9, '-').")
+@click.option(
+    "--name", required=True, help="Cluster name: 2-32 of a-z, 0-9 and '-', starting with a letter."
+)
 @click.option("--nodes", type=int, default=3, show_default=True, help="How many nodes.")
 @click.option("--region", help="Provider region (default from config; 'local' for local).")
 @click.option("--size", help="Node size, e.g. s-1vcpu-1gb on DigitalOcean.")

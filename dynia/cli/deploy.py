@@ -12,7 +12,9 @@ from dynia.services.deploy import DeployRequest, deploy_service
 
 
 @click.command("deploy")
-@click.option("--name", required=True, help="Service name (a-z, 0-9, '-').")
+@click.option(
+    "--name", required=True, help="Service name: 2-32 of a-z, 0-9 and '-', starting with a letter."
+)
 @click.option(
     "--compose",
     "compose_path",

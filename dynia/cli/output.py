@@ -40,4 +40,7 @@ def event_sink() -> object | None:
     """A live per-node progress printer for playbook runs."""
     from dynia.cli.progress import ProgressPrinter
 
-    return ProgressPrinter()
+    printer = ProgressPrinter()
+    # Closed when the command ends, also on error: the error message gets a line of its own.
+    click.get_current_context().call_on_close(printer.close)
+    return printer

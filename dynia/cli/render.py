@@ -35,8 +35,10 @@ def render_command(app: AppContext, output: Path | None, no_validate: bool, as_j
       dynia render
       dynia --cluster prod render --output /tmp/prod-config
     """
-    cluster = selected_cluster(store_of(app).load(), app.cluster_option)
-    report = render_cluster(app.layout, cluster, output, validate=not no_validate)
+    # Under the state lock: a render never swaps deploy-config under a running sync.
+    with store_of(app).transaction("dynia render") as txn:
+        cluster = selected_cluster(txn.state, app.cluster_option)
+        report = render_cluster(app.layout, cluster, output, validate=not no_validate)
     if as_json:
         emit_json(
             {

@@ -74,6 +74,8 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
                 ("--node-provider", request.node_provider, existing.node_provider),
                 ("--dns-provider", request.dns_provider, existing.dns_provider),
                 ("--region", request.region, existing.region),
+                ("--size", request.size, existing.size),
+                ("--nodes", request.nodes, existing.planned_nodes),
                 (
                     "--cert-issuer",
                     request.cert_issuer,
@@ -86,7 +88,8 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
         if mismatched:
             raise UsageError(
                 f"cluster {request.name!r} already exists with different {', '.join(mismatched)}",
-                hint="choose another --name, or delete it with `dynia cluster delete`",
+                hint="re-run with the settings it was created with to resume it, choose another "
+                "--name, or change nodes with `dynia cluster node add|remove`",
             )
         return existing
     traits = node_provider_traits(request.node_provider)

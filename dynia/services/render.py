@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def render_cluster(
     if validate:
         # Validate a scratch render first so a config the programs refuse never replaces
         # the artifact that sync, drift-check and operators read.
-        scratch = target.with_name(f".{target.name}.validate")
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.validate-", dir=target.parent))
         try:
             validations = validate_deploy_config(renderer.render(cluster, scratch).directory)
         finally:

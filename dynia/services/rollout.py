@@ -88,12 +88,14 @@ def render_and_sync(
 
 def drift_check(layout: HomeLayout, cluster: Cluster, on_event: EventSink = None) -> DriftReport:
     """Read-only comparison of every node with deploy-config."""
-    result = run(layout, cluster, "drift-check.yml", on_event)
+    result = run(layout, cluster, "drift-check.yml", on_event, raise_on_failure=False)
     report = DriftReport(nodes=sorted(cluster.nodes))
     for node in report.nodes:
-        if node not in result.hosts:
-            # A node the playbook never reached is not known to match: report it, never pass it.
-            report.entries.append(DriftEntry(node, "*", None, None, "not checked"))
+        # A node the playbook did not fully read is not known to match: report it, never pass it.
+        host = result.hosts.get(node)
+        if host is None or host.unreachable or not host.ok:
+            problem = "unreachable" if host and host.unreachable else "not checked"
+            report.entries.append(DriftEntry(node, "*", None, None, problem))
     for node, entries in sorted(result.reports.items()):
         for entry in entries:
             report.entries.append(
