@@ -232,7 +232,7 @@ def node_activate_command(app: AppContext, node: str) -> None:
 
     Example: dynia cluster node activate quiet-fox
     """
-    answered = cluster_ops.activate_node(
+    cluster_ops.activate_node(
         app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
     )
-    click.echo(f"{node} is MASTER; the Reserved IP answers: {answered}")
+    click.echo(f"{node} is MASTER and holds the Reserved IP, which answers.")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from dynia.errors import NotFoundError, UsageError
+from dynia import ssh
+from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for, get_node_provider
 from dynia.providers.base import NodeProvider, ReservedIpInfo
@@ -144,7 +146,7 @@ def activate_node(
     progress: Progress,
     on_event: EventSink = None,
 ) -> str:
-    """Health-check the target, make it MASTER, verify the Reserved IP answers from it."""
+    """Health-check the target, make it MASTER, check it holds the Reserved IP and answers."""
     command = "dynia cluster node activate"
     with cluster_transaction(store, cluster_option, command) as (txn, cluster):
         _require_ready(cluster)
@@ -153,9 +155,36 @@ def activate_node(
         progress(f"Health-checking {node_name}")
         rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
         _make_master(layout, txn, cluster, node_name, provider, progress, on_event)
-        answered = infra.wait_for_reserved_ip(cluster)
+        if provider.reserved_ip_mode == "vrrp":
+            _wait_until_holder(layout, cluster, cluster.nodes[node_name])
         txn.save()
-        return answered
+        return infra.wait_for_reserved_ip(cluster)
+
+
+def _wait_until_holder(
+    layout: HomeLayout, cluster: Cluster, node: Node, timeout: float = 15.0
+) -> None:
+    """Check on the node itself that keepalived gave it the Reserved IP."""
+    assert cluster.reserved_ip is not None
+    address = f" {cluster.reserved_ip.address}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = ssh.run_ssh(
+            node.public_ip,
+            layout.ssh_private_key(cluster.name),
+            layout.known_hosts(cluster.name),
+            ["ip", "-4", "-o", "addr", "show"],
+            check=False,
+        )
+        if address in done.stdout.decode():
+            return
+        time.sleep(0.5)
+    raise VerifyError(
+        f"{node.name} has the highest priority but keepalived did not give it the Reserved IP "
+        f"{cluster.reserved_ip.address} within {timeout:.0f}s",
+        hint="check keepalived on the nodes (`journalctl -u keepalived`), then "
+        "`dynia repair --force`",
+    )
 
 
 def delete_cluster(
