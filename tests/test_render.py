@@ -130,3 +130,13 @@ def test_missing_template_variable_is_a_clear_error(layout: HomeLayout, tmp_path
     with pytest.raises(RenderError, match="haproxy_no_such"):
         renderer.render(sample_cluster())
     assert not layout.deploy_config_dir("demo").exists()
+
+
+def test_a_single_node_cluster_renders_a_valid_keepalived_config(layout: HomeLayout) -> None:
+    cluster = sample_cluster()
+    for name in ("quiet-fox", "amber-elk"):
+        del cluster.nodes[name]
+    report = render_cluster(layout, cluster)
+    assert "keepalived" in {v.program for v in report.validations if not v.skipped}
+    text = (report.result.directory / "keepalived/misty-owl.conf").read_text()
+    assert "unicast_peer" not in text and "172.30.9.250/24" in text
