@@ -237,6 +237,10 @@ def delete_cluster(
                 provider.delete_node(cluster.name, node.provider_id)
             del cluster.nodes[node.name]
             txn.save()
+        # A node a crashed create made before state learned its id is still the cluster's.
+        for leftover in provider.list_nodes(cluster.name):
+            progress(f"Deleting node {leftover.name} (not recorded in state)")
+            provider.delete_node(cluster.name, leftover.provider_id)
         provider.delete_network(cluster.name)
         for line in certificates.revoke_all(layout, cluster):
             progress(line)
