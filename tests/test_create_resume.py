@@ -397,8 +397,8 @@ def test_kill_9_while_the_second_node_starts_then_rerun_resumes(cluster: Cluster
 
 def test_ctrl_c_during_bootstrap_stops_ansible_then_rerun_resumes(cluster: Cluster) -> None:
     first = cluster.start(*cluster.create_args())
-    first.wait_for("Preparing nodes")
-    time.sleep(2)  # the bootstrap playbook is working on the nodes
+    # Right after a node got its HAProxy config, before the play's handlers reload HAProxy.
+    first.wait_for(r"Copy the already rendered HAProxy configuration \.\.\. changed")
     cluster.leftover_pids |= descendants(first.process.pid)
     first.signal_group(signal.SIGINT)
     rc, stderr = first.finish(timeout=120)

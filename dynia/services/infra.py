@@ -37,6 +37,7 @@ STEP_TLS = "tls"
 STEP_BOOTSTRAP = "bootstrap"
 STEP_SYNC = "sync"
 STEP_ATTACH = "reserved-ip-attached"
+STEP_ROLLOUT_STARTED = "rollout-started"
 
 
 def ensure_keys(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> str:
@@ -162,14 +163,24 @@ def roll_out_infra(
     """Render, bootstrap the nodes, roll the configs out and put the Reserved IP on the MASTER."""
     from dynia.services.render import render_cluster
 
+    # A rollout cut short may have copied a config whose reload handler never ran: the file then
+    # matches, so a plain re-run would leave the component on its old config. Resumed, every
+    # component is reloaded from the files on the node.
+    resumed = cluster.step_done(STEP_ROLLOUT_STARTED)
+    cluster.mark_step(STEP_ROLLOUT_STARTED)
+    txn.save()
     progress("Rendering deploy-config")
     render_cluster(layout, cluster)
     progress("Preparing nodes (bootstrap)")
     rollout.run(layout, cluster, "bootstrap.yml", on_event)
     cluster.mark_step(STEP_BOOTSTRAP)
     txn.save()
-    progress("Rolling sync, one node at a time")
-    rollout.run(layout, cluster, "sync.yml", on_event)
+    progress(
+        "Rolling sync, one node at a time" + (", reloading every component" if resumed else "")
+    )
+    rollout.run(
+        layout, cluster, "sync.yml", on_event, {"dynia_sync_force": True} if resumed else None
+    )
     cluster.mark_step(STEP_SYNC)
     txn.save()
     attach_reserved_ip(txn, cluster, provider, progress)
