@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,10 @@ def run_playbook(
     collector = EventCollector(
         hosts if hosts is not None else _inventory_hosts(project_dir, limit), on_event
     )
-    data_dir = Path(tempfile.mkdtemp(prefix="dynia-run-"))  # mkdtemp makes it 0700
+    _remove_orphaned_data_dirs()
+    # mkdtemp makes it 0700; the pid in its name lets a later run remove it if we are killed.
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{_DATA_DIR_PREFIX}{os.getpid()}-"))
+    saved_handlers = _signal_handlers()
     try:
         runner = ansible_runner.run(
             private_data_dir=str(data_dir),
@@ -67,11 +72,38 @@ def run_playbook(
             hint="check the Ansible installation beside dynia (`ansible-playbook --version`)",
         ) from exc
     finally:
+        _restore_signal_handlers(saved_handlers)
         shutil.rmtree(data_dir, ignore_errors=True)
+    if status == "canceled":
+        raise KeyboardInterrupt  # Ctrl-C during the run: the CLI reports how to resume
     result = collector.result(rc)
     if raise_on_failure and not result.ok:
         raise _failure(playbook, status, result)
     return result
+
+
+_DATA_DIR_PREFIX = "dynia-run-"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """ansible-runner installs its own SIGINT/SIGTERM handlers and never puts ours back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in _SIGNALS}
+
+
+def _restore_signal_handlers(saved: dict[int, Any]) -> None:
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+def _remove_orphaned_data_dirs() -> None:
+    """Data dirs of runs whose process was killed (they hold that run's environment)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_DATA_DIR_PREFIX}*-*"):
+        pid = folder.name[len(_DATA_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _search_path() -> str:
