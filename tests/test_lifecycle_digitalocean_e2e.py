@@ -20,7 +20,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cluster_cli import docker_names, run_dynia, sweep_docker
 from do_fleet import FleetDropletBackend
 from fakes import FakeCloudflare, FakeDigitalOcean
 from traffic import SteadyTraffic, fetch
@@ -59,8 +59,6 @@ class Env:
 
     def environment(self) -> dict[str, str]:
         return {
-            **os.environ,
-            "DYNIA_HOME": str(self.home),
             "DYNIA_CREDENTIALS_FILE": str(self.workdir / "no-credentials.json"),
             "DIGITALOCEAN_TOKEN": self.do.token,
             "DIGITALOCEAN_API_URL": self.do.api_url,
@@ -72,13 +70,8 @@ class Env:
     def run(
         self, *args: str, check: bool = True, timeout: float = 900
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "dynia.cli", *args],
-            capture_output=True,
-            text=True,
-            env=self.environment(),
-            timeout=timeout,
-            check=False,
+        done = run_dynia(
+            self.home, *args, extra_env=self.environment(), check=False, timeout=timeout
         )
         self.outputs += [done.stdout, done.stderr]
         if check:
@@ -178,16 +171,6 @@ class SuccessClock:
         return max(b - a for a, b in itertools.pairwise(moments))
 
 
-def docker_names(kind: str, prefix: str) -> list[str]:
-    listing = {
-        "container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
-        "network": ["docker", "network", "ls", "--format", "{{.Name}}"],
-        "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
-    }[kind]
-    names = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
-    return [n for n in names if n.startswith(prefix)]
-
-
 def files_containing(roots: list[Path], needles: list[bytes], skip: set[Path]) -> list[str]:
     """Regular files under ``roots`` whose bytes hold any needle (``skip``: allowed holders)."""
     hits = []
@@ -239,13 +222,7 @@ def env(
     finally:
         # The fake's stop closed the backend (nodes, VPC and public networks); sweep the rest.
         backend.close()
-        for kind, remove in (
-            ("container", ["docker", "rm", "-f"]),
-            ("volume", ["docker", "volume", "rm", "-f"]),
-            ("network", ["docker", "network", "rm"]),
-        ):
-            for leftover in docker_names(kind, f"dynia-{name}"):
-                subprocess.run([*remove, leftover], capture_output=True, check=False)
+        sweep_docker(f"dynia-{name}")
 
 
 def test_create_and_deploy_with_a_domain_serve_https_through_the_reserved_ip(env: Env) -> None:

@@ -7,7 +7,6 @@ health-gated rollback -> drift and repair -> node add/activate/remove -> failove
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import dns.resolver
 import pytest
+from cluster_cli import docker_names, run_dynia, sweep_docker
 from traffic import SteadyTraffic, fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
@@ -34,18 +34,7 @@ class Env:
     def run(
         self, *args: str, check: bool = True, timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "DYNIA_HOME": str(self.home)}
-        done = subprocess.run(
-            [sys.executable, "-m", "dynia.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-        if check:
-            assert done.returncode == 0, f"dynia {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done
+        return run_dynia(self.home, *args, check=check, timeout=timeout)
 
     def state(self) -> dict:
         return json.loads((self.home / "state.json").read_text())["clusters"][self.name]
@@ -85,16 +74,6 @@ class Env:
         return SteadyTraffic(self.reserved_ip, DOMAIN, path, self.ca, rate=25)
 
 
-def docker_names(kind: str, prefix: str) -> list[str]:
-    listing = {
-        "container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
-        "network": ["docker", "network", "ls", "--format", "{{.Name}}"],
-        "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
-    }[kind]
-    names = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
-    return [n for n in names if n.startswith(prefix)]
-
-
 @pytest.fixture(scope="module")
 def env(
     tmp_path_factory: pytest.TempPathFactory, node_image: str, busybox_image: str
@@ -106,13 +85,7 @@ def env(
     yield environment
     # Whatever the tests left, nothing of this cluster survives the module.
     environment.run("cluster", "delete", "--name", environment.name, "--yes", check=False)
-    for kind, remove in (
-        ("container", ["docker", "rm", "-f"]),
-        ("volume", ["docker", "volume", "rm", "-f"]),
-        ("network", ["docker", "network", "rm"]),
-    ):
-        for name in docker_names(kind, f"dynia-{environment.name}"):
-            subprocess.run([*remove, name], capture_output=True, check=False)
+    sweep_docker(f"dynia-{environment.name}")
     subprocess.run(["pkill", "-f", str(home)], check=False)
 
 

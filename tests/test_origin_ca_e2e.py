@@ -8,17 +8,16 @@ the old one. Two nodes keep the run short; the rollout path is the same as with 
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cluster_cli import run_dynia, sweep_docker
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from fakes import FakeCloudflare
@@ -39,22 +38,11 @@ class Env:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         environment = {
-            **os.environ,
-            "DYNIA_HOME": str(self.home),
             "DYNIA_CREDENTIALS_FILE": str(self.workdir / "no-credentials.json"),
             "CLOUDFLARE_API_TOKEN": self.cf.token,
             "CLOUDFLARE_BASE_URL": self.cf.base_url,
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "dynia.cli", *args],
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, f"dynia {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done
+        return run_dynia(self.home, *args, extra_env=environment, timeout=600)
 
     def reserved_ip(self) -> str:
         import json
@@ -76,16 +64,6 @@ class Env:
         return x509.load_der_x509_certificate(der)
 
 
-def docker_names(kind: str, prefix: str) -> list[str]:
-    listing = {
-        "container": ["docker", "ps", "-a", "--format", "{{.Names}}"],
-        "network": ["docker", "network", "ls", "--format", "{{.Name}}"],
-        "volume": ["docker", "volume", "ls", "--format", "{{.Name}}"],
-    }[kind]
-    names = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
-    return [n for n in names if n.startswith(prefix)]
-
-
 @pytest.fixture(scope="module")
 def env(
     tmp_path_factory: pytest.TempPathFactory, node_image: str, busybox_image: str
@@ -104,21 +82,9 @@ def env(
         )
         try:
             yield environment
-            subprocess.run(
-                [sys.executable, "-m", "dynia.cli", "cluster", "delete", "--name", name, "--yes"],
-                env={**os.environ, "DYNIA_HOME": str(environment.home)},
-                capture_output=True,
-                check=False,
-                timeout=300,
-            )
+            run_dynia(environment.home, "cluster", "delete", "--name", name, "--yes", check=False)
         finally:
-            for kind, remove in (
-                ("container", ["docker", "rm", "-f"]),
-                ("volume", ["docker", "volume", "rm", "-f"]),
-                ("network", ["docker", "network", "rm"]),
-            ):
-                for leftover in docker_names(kind, f"dynia-{name}"):
-                    subprocess.run([*remove, leftover], capture_output=True, check=False)
+            sweep_docker(f"dynia-{name}")
 
 
 def test_first_domain_switches_the_node_to_an_origin_certificate(env: Env) -> None:
