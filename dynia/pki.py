@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dynia.errors import UsageError
+from dynia.files import atomic_write
 from dynia.paths import HomeLayout
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -129,7 +129,7 @@ def issue_cluster_certificate(
     path = cluster_certificate_path(layout, cluster)
     _ensure_private_dir(path.parent)
     _retire_current(layout, cluster)
-    _atomic_write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
     return _bundle(layout, cluster, cert)
 
 
@@ -193,7 +193,7 @@ def store_external_certificate(
     # The record first: if a crash comes before the PEM, the old certificate still in
     # cluster.pem is listed as superseded but pending_revocations skips it by fingerprint.
     _retire_current(layout, cluster, ExternalCertificate(issuer, certificate_id, fingerprint))
-    _atomic_write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
     return _bundle(layout, cluster, leaf)
 
 
@@ -281,7 +281,7 @@ def _write_issued(
     }
     path = issued_record_path(layout, cluster)
     _ensure_private_dir(path.parent)
-    _atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o600)
 
 
 def _retire_current(
@@ -322,8 +322,8 @@ def _create_ca(layout: HomeLayout) -> None:
         .sign(key, hashes.SHA256())
     )
     # Key first: a ca.pem without its key would look like a finished CA to the next command.
-    _atomic_write(ca_key_path(layout), _private_pem(key), 0o600)
-    _atomic_write(ca_certificate_path(layout), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(ca_key_path(layout), _private_pem(key), 0o600)
+    atomic_write(ca_certificate_path(layout), cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _load_ca(layout: HomeLayout) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -408,23 +408,3 @@ def _pki_lock(layout: HomeLayout) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """The file appears complete with its final mode, or not at all: keys are never readable."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

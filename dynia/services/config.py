@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from dynia.errors import StateError, UsageError
+from dynia.files import atomic_write
 from dynia.paths import HomeLayout
 from dynia.providers import check_dns_provider, check_node_provider
 from dynia.services.certificates import check_certificate_options
@@ -65,12 +65,6 @@ def save_defaults(
     if zones:
         current["local_dns_zones"] = sorted({*current.get("local_dns_zones", []), *zones})
     with store.transaction("dynia init"):  # creates the home and an empty state if needed
-        _write_private(layout.config_file, json.dumps(current, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+        atomic_write(layout.config_file, text.encode(), 0o600)
     return load_defaults(layout)
-
-
-def _write_private(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o600)
-    temporary.replace(path)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dynia.errors import StateError
+from dynia.files import atomic_write
 from dynia.paths import HomeLayout
 from dynia.state.lock import StateLock, WaitCallback
 from dynia.state.migrations import SchemaTooNewError, migrate
@@ -160,7 +160,7 @@ class StateStore:
         try:
             if old is not None:
                 self._keep_backup(old)
-            _atomic_write(self.path, new)
+            atomic_write(self.path, new, 0o600)
         except OSError as exc:
             raise StateError(
                 f"cannot write the state file {self.path}: {exc.strerror}",
@@ -178,7 +178,7 @@ class StateStore:
         for number in range(BACKUPS_KEPT - 1, 0, -1):
             if self._backup(number).exists():
                 os.replace(self._backup(number), self._backup(number + 1))
-        _atomic_write(newest, old)
+        atomic_write(newest, old, 0o600)
 
 
 class Transaction:
@@ -229,28 +229,3 @@ def _refuse_invalid(new: bytes, path: Path) -> None:
             hint="tokens stay in the environment (DIGITALOCEAN_TOKEN, CLOUDFLARE_API_TOKEN); "
             "remove it from the input; the file on disk is unchanged",
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; without it a power cut can bring back the old name.
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

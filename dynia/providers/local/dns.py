@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import dns.rdatatype
 import dns.zone
 
 from dynia.errors import ProviderError
+from dynia.files import atomic_write
 from dynia.paths import HomeLayout
 from dynia.providers.base import DnsRecord, Zone
 
@@ -158,7 +158,7 @@ class LocalDnsProvider:
             path = self.zone_file(zone)
             if not path.exists():
                 self.zones_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_write(path, _empty_zone_text(zone, _next_serial(0)))
+                _write_text(path, _empty_zone_text(zone, _next_serial(0)))
                 self._apply_zone_set()
         return Zone(id=zone, name=zone)
 
@@ -297,7 +297,7 @@ class LocalDnsProvider:
         """Bump the serial, write the zone atomically, reload, wait until it is served."""
         serial = _bump_serial(contents)
         path = self.zone_file(zone)
-        _atomic_write(path, contents.to_text(sorted=True, relativize=True, want_origin=True))
+        _write_text(path, contents.to_text(sorted=True, relativize=True, want_origin=True))
         status = self.start()
         old_servers: set[int] = set()
         if not status.started:
@@ -363,7 +363,7 @@ class LocalDnsProvider:
         if saved is not None and _port_free(saved):
             return saved, None
         port = _free_port()
-        _atomic_write(self.server_file, json.dumps({"port": port}) + "\n")
+        _write_text(self.server_file, json.dumps({"port": port}) + "\n")
         if saved is not None:
             notice = (
                 f"{LOOPBACK}:{saved} is taken by another program; "
@@ -383,7 +383,7 @@ class LocalDnsProvider:
         for _ in range(_PORT_ATTEMPTS):
             port, previous = self._choose_port()
             moved_from = moved_from or previous
-            _atomic_write(self.config_path, self._render_config(port))
+            _write_text(self.config_path, self._render_config(port))
             pid = self._spawn(binary, port)
             if pid is not None:
                 return ServerStatus(pid=pid, port=port, started=True, moved_from_port=moved_from)
@@ -583,30 +583,17 @@ def _check_ttl(ttl: int) -> None:
         raise ProviderError(f"TTL {ttl!r} is out of range", hint="use whole seconds, e.g. 60")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file, fsync, rename, fsync dir; the mtime always moves so NSD sees the change."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically; the mtime always moves so NSD's reload sees the change."""
     previous = path.stat().st_mtime_ns if path.exists() else None
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        if previous is not None and os.stat(temp).st_mtime_ns <= previous:
+
+    def newer_than_before(temp: Path) -> None:
+        if previous is not None and temp.stat().st_mtime_ns <= previous:
             # Coarse file-system clocks could hide a change from NSD's mtime check.
             bumped = previous + 1_000_000_000
             os.utime(temp, ns=(bumped, bumped))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+    atomic_write(path, text.encode(), 0o644, before_rename=newer_than_before)
 
 
 def _port_free(port: int) -> bool:
