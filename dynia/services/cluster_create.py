@@ -8,7 +8,6 @@ is asked, and providers find existing resources by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynia.errors import UsageError
@@ -19,7 +18,7 @@ from dynia.providers import (
     get_node_provider,
     node_provider_traits,
 )
-from dynia.services import infra
+from dynia.services import Progress, infra
 from dynia.services.certificates import check_certificate_options
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore, Transaction
@@ -32,7 +31,6 @@ from dynia.state.models import (
     validate_name,
 )
 
-Progress = Callable[[str], None]
 MAX_NODES = 9
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from dynia import ssh
 from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for, get_node_provider
 from dynia.providers.base import NodeProvider, ReservedIpInfo
-from dynia.services import certificates, infra, rollout
-from dynia.services.clusters import cluster_transaction, get_cluster
+from dynia.services import Progress, certificates, infra, rollout
+from dynia.services.clusters import cluster_transaction, get_cluster, require_provisioned
 from dynia.services.render import render_cluster
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore, Transaction
@@ -19,12 +18,9 @@ from dynia.state.models import (
     BACKUP_PRIORITY,
     MASTER_PRIORITY,
     NODE_PROVISIONING,
-    STATUS_PLANNED,
     Cluster,
     Node,
 )
-
-Progress = Callable[[str], None]
 
 
 def _node(cluster: Cluster, name: str) -> Node:
@@ -35,14 +31,6 @@ def _node(cluster: Cluster, name: str) -> Node:
             hint=f"its nodes: {', '.join(sorted(cluster.nodes)) or 'none'}",
         )
     return node
-
-
-def _require_ready(cluster: Cluster) -> None:
-    if cluster.status == STATUS_PLANNED:
-        raise UsageError(
-            f"cluster {cluster.name!r} is not provisioned yet",
-            hint=f"finish it with `dynia cluster create --name {cluster.name}`",
-        )
 
 
 def add_node(
@@ -57,7 +45,7 @@ def add_node(
     A node planned or created by an interrupted run is finished instead of adding another.
     """
     with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
-        _require_ready(cluster)
+        require_provisioned(cluster)
         provider = get_node_provider(cluster.node_provider, layout)
         public_key = infra.ensure_keys(layout, txn, cluster)
         unfinished = [n.name for n in cluster.nodes.values() if n.status == NODE_PROVISIONING]
@@ -149,7 +137,7 @@ def activate_node(
     """Health-check the target, make it MASTER, check it holds the Reserved IP and answers."""
     command = "dynia cluster node activate"
     with cluster_transaction(store, cluster_option, command) as (txn, cluster):
-        _require_ready(cluster)
+        require_provisioned(cluster)
         _node(cluster, node_name)
         provider = get_node_provider(cluster.node_provider, layout)
         progress(f"Health-checking {node_name}")

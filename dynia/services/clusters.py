@@ -9,7 +9,7 @@ from typing import Any
 from dynia.errors import NotFoundError, UsageError
 from dynia.paths import HomeLayout
 from dynia.state import StateStore, Transaction
-from dynia.state.models import Cluster, State
+from dynia.state.models import STATUS_PLANNED, Cluster, State
 
 
 def resolve_cluster_name(state: State, option: str | None) -> str:
@@ -36,6 +36,15 @@ def get_cluster(state: State, name: str) -> Cluster:
 
 def selected_cluster(state: State, option: str | None) -> Cluster:
     return get_cluster(state, resolve_cluster_name(state, option))
+
+
+def require_provisioned(cluster: Cluster) -> None:
+    """Commands that act on nodes need a cluster whose create has finished."""
+    if not cluster.nodes or cluster.status == STATUS_PLANNED:
+        raise UsageError(
+            f"cluster {cluster.name!r} has no provisioned nodes yet",
+            hint=f"finish it with `dynia cluster create --name {cluster.name}`",
+        )
 
 
 @contextmanager

@@ -18,15 +18,14 @@ from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
-from dynia.services import certificates, infra, rollout
-from dynia.services.clusters import get_cluster, resolve_cluster_name
+from dynia.services import Progress, certificates, infra, rollout
+from dynia.services.clusters import get_cluster, require_provisioned, resolve_cluster_name
 from dynia.services.images import resolve_images, ship_service_images
 from dynia.services.render import render_cluster
 from dynia.services.rollout import EventSink
 from dynia.services.verify import verify_route
 from dynia.state import StateStore, Transaction
 from dynia.state.models import (
-    STATUS_PLANNED,
     STATUS_SERVING,
     Cluster,
     Route,
@@ -35,7 +34,6 @@ from dynia.state.models import (
     validate_name,
 )
 
-Progress = Callable[[str], None]
 FIRST_INTERNAL_PORT = 20000
 
 
@@ -71,11 +69,7 @@ def _checked_domain(value: str) -> str:
 
 def _ready_cluster(txn: Transaction, option: str | None) -> Cluster:
     cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, option))
-    if cluster.status == STATUS_PLANNED:
-        raise UsageError(
-            f"cluster {cluster.name!r} is not infra-ready",
-            hint=f"finish it first: `dynia cluster create --name {cluster.name}`",
-        )
+    require_provisioned(cluster)
     return cluster
 
 

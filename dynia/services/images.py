@@ -7,14 +7,12 @@ and skipped on nodes that already hold the same image id.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 
 from dynia import ssh
 from dynia.errors import ProviderError, UsageError
 from dynia.paths import HomeLayout
+from dynia.services import Progress
 from dynia.state.models import Cluster, Node, Service
-
-Progress = Callable[[str], None]
 
 
 def _docker(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,12 @@ itself, so running it again is always safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from dynia import naming, ssh
 from dynia.errors import VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
-from dynia.services import certificates, rollout
+from dynia.services import Progress, certificates, rollout
 from dynia.services.rollout import EventSink
 from dynia.state import Transaction
 from dynia.state.models import (
@@ -26,8 +25,6 @@ from dynia.state.models import (
     Node,
     ReservedIp,
 )
-
-Progress = Callable[[str], None]
 
 STEP_KEYS = "ssh-keys"
 STEP_NETWORK = "network"

@@ -11,7 +11,6 @@ import importlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from dynia.providers.local.engine import (
 )
 from dynia.providers.local.image import BASE_IMAGE, ensure_node_image, node_image_tag
 from dynia.providers.local.nodes import COMMON_RUN_FLAGS, UNPRIVILEGED_FLAGS
+from dynia.services import Progress
 
-Progress = Callable[[str], None]
 BASE_PACKAGES = ("docker.io", "debootstrap", "busybox-static")
 DOCKERD_LOG = Path("/var/log/dynia-dockerd.log")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynia.errors import UsageError
 from dynia.paths import HomeLayout
 from dynia.providers import get_node_provider
-from dynia.services import certificates, infra, rollout
-from dynia.services.clusters import cluster_transaction, get_cluster, resolve_cluster_name
+from dynia.services import Progress, certificates, infra, rollout
+from dynia.services.clusters import (
+    cluster_transaction,
+    get_cluster,
+    require_provisioned,
+    resolve_cluster_name,
+)
 from dynia.services.render import render_cluster
 from dynia.services.rollout import DriftReport, EventSink
 from dynia.state import StateStore
-from dynia.state.models import STATUS_PLANNED, Cluster
-
-Progress = Callable[[str], None]
 
 
 def sync(
@@ -27,7 +28,7 @@ def sync(
 ) -> DriftReport:
     """Roll deploy-config out as rendered, then confirm no drift remains."""
     with cluster_transaction(store, cluster_option, "dynia sync") as (txn, cluster):
-        _require_nodes(cluster)
+        require_provisioned(cluster)
         if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
             raise UsageError(
                 f"no deploy-config for cluster {cluster.name!r} yet",
@@ -37,21 +38,13 @@ def sync(
         return rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save, render=False)
 
 
-def _require_nodes(cluster: Cluster) -> None:
-    if not cluster.nodes or cluster.status == STATUS_PLANNED:
-        raise UsageError(
-            f"cluster {cluster.name!r} has no provisioned nodes yet",
-            hint=f"finish it with `dynia cluster create --name {cluster.name}`",
-        )
-
-
 def drift_check(
     layout: HomeLayout, store: StateStore, cluster_option: str | None, on_event: EventSink = None
 ) -> DriftReport:
     """Compare every node with deploy-config; changes nothing, not even state."""
     state = store.load()
     cluster = get_cluster(state, resolve_cluster_name(state, cluster_option))
-    _require_nodes(cluster)
+    require_provisioned(cluster)
     if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
         render_cluster(layout, cluster)
     return rollout.drift_check(layout, cluster, on_event)
@@ -70,7 +63,7 @@ def plan_repair(
     """What `repair --force` would do, found without changing anything."""
     state = store.load()
     cluster = get_cluster(state, resolve_cluster_name(state, cluster_option))
-    _require_nodes(cluster)
+    require_provisioned(cluster)
     report = rollout.drift_check(layout, cluster, on_event)
     actions = [f"re-sync {e.node}: {e.path}" for e in report.entries]
     try:
@@ -91,7 +84,7 @@ def repair(
 ) -> DriftReport:
     """Re-render, re-run bootstrap and sync with restarts, re-attach the Reserved IP."""
     with cluster_transaction(store, cluster_option, "dynia repair") as (txn, cluster):
-        _require_nodes(cluster)
+        require_provisioned(cluster)
         provider = get_node_provider(cluster.node_provider, layout)
         progress("Re-rendering deploy-config")
         render_cluster(layout, cluster)

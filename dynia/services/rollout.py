@@ -11,7 +11,6 @@ from dynia.paths import HomeLayout
 from dynia.services.render import render_cluster
 from dynia.state.models import NODE_OUT_OF_SYNC, NODE_READY, Cluster
 
-Progress = Callable[[str], None]
 EventSink = Callable[[Any], None] | None
 
 
