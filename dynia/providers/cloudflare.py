@@ -43,6 +43,23 @@ ORIGIN_CA_SCOPES = (
 DNS_REFUSED_HINT = "check the domain and that no conflicting CNAME record exists for it"
 
 
+def _connect(
+    token: Secret | str | None,
+    scopes_hint: str,
+    base_url: str | None,
+    max_retries: int,
+    timeout: float,
+) -> tuple[str | None, Cloudflare]:
+    """The SDK client both Cloudflare classes use: token from the argument or the environment."""
+    secret = Secret(token) if isinstance(token, str) else token
+    secret = secret or lookup_token(TOKEN_ENV, scopes_hint=scopes_hint)
+    url = base_url or os.environ.get(BASE_URL_ENV) or None
+    client = Cloudflare(
+        api_token=secret.reveal(), base_url=url, max_retries=max_retries, timeout=timeout
+    )
+    return url, client
+
+
 class CloudflareDnsProvider:
     """``DnsProvider`` on Cloudflare."""
 
@@ -57,17 +74,8 @@ class CloudflareDnsProvider:
         max_retries: int = 4,
         timeout: float = 30.0,
     ) -> None:
-        if isinstance(token, str):
-            token = Secret(token)
-        self._token = token or lookup_token(TOKEN_ENV, scopes_hint=TOKEN_SCOPES)
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self.base_url, self._client = _connect(token, TOKEN_SCOPES, base_url, max_retries, timeout)
         self.proxied = proxied
-        self._client = Cloudflare(
-            api_token=self._token.reveal(),
-            base_url=self.base_url,
-            max_retries=max_retries,
-            timeout=timeout,
-        )
 
     def __repr__(self) -> str:
         return f"CloudflareDnsProvider(base_url={self.base_url!r}, proxied={self.proxied})"
@@ -188,15 +196,8 @@ class CloudflareOriginCa:
         max_retries: int = 4,
         timeout: float = 30.0,
     ) -> None:
-        if isinstance(token, str):
-            token = Secret(token)
-        self._token = token or lookup_token(TOKEN_ENV, scopes_hint=ORIGIN_CA_SCOPES)
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-        self._client = Cloudflare(
-            api_token=self._token.reveal(),
-            base_url=self.base_url,
-            max_retries=max_retries,
-            timeout=timeout,
+        self.base_url, self._client = _connect(
+            token, ORIGIN_CA_SCOPES, base_url, max_retries, timeout
         )
 
     def __repr__(self) -> str:
