@@ -207,6 +207,11 @@ def test_node_add_and_remove_under_load_fail_no_request(env: Env) -> None:
         env.run("cluster", "node", "add")
         added = (set(env.state()["nodes"]) - before).pop()
         assert len(env.state()["nodes"]) == 4
+        # The new node never took the Reserved IP from the MASTER while its peers learned of it.
+        journal = env.node_exec(added, "journalctl -q --no-pager -u keepalived")
+        assert "Entering BACKUP STATE" in journal
+        assert "Entering MASTER STATE" not in journal, journal
+        assert env.run("drift-check").returncode == 0
         env.run("cluster", "node", "remove", added)
         time.sleep(1)
     print(f"\nnode add + remove: {load.report.sent} requests, {load.report.failed} failed")
@@ -226,6 +231,26 @@ def test_activate_moves_the_master_role_and_the_reserved_ip(env: Env) -> None:
     assert load.report.failed <= 2, load.report.failures[:5]
     assert master_of(env) == target
     assert holder_of_reserved_ip(env) == [target]
+
+
+def test_removing_the_master_hands_its_role_to_the_first_backup(env: Env) -> None:
+    env.run("cluster", "node", "add")
+    nodes = env.state()["nodes"]
+    previous = master_of(env)
+    successor = max(
+        (n for n in nodes.values() if n["name"] != previous),
+        key=lambda n: (n["priority"], n["name"]),
+    )["name"]
+    with env.traffic() as load:
+        env.run("cluster", "node", "remove", previous)
+        time.sleep(1)
+    # As with activate, only requests in flight at the instant the address moves can be reset.
+    print(f"\nremove the MASTER: {load.report.sent} requests, {load.report.failed} failed")
+    assert load.report.failed <= 2, load.report.failures[:5]
+    assert previous not in env.state()["nodes"] and len(env.state()["nodes"]) == 3
+    assert master_of(env) == successor
+    assert holder_of_reserved_ip(env) == [successor]
+    assert env.run("drift-check").returncode == 0
 
 
 def test_cert_rotate_rolls_a_new_certificate_without_a_failed_request(env: Env) -> None:

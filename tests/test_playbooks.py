@@ -171,3 +171,59 @@ def test_no_token_lands_on_disk(
         ["grep", "-rlsF", token, *map(str, folders)], capture_output=True, text=True, check=False
     )
     assert found.stdout == "", f"token found in {found.stdout}"
+
+
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+
+
+def test_a_keepalived_file_that_fails_its_config_test_never_lands(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    victim = cluster.node_names[1]
+    source = f"keepalived/{victim}.conf"
+    good = (cluster.project / source).read_bytes()
+    before = cluster.remote_sha256(victim, KEEPALIVED_CONF)
+    _replace_in_deploy_config(cluster, source, good.replace(b"priority", b"priorty"))
+    try:
+        with pytest.raises(RunnerError) as caught:
+            run_playbook(cluster.project, "sync.yml")
+    finally:
+        cluster.render()
+    assert victim in str(caught.value) and KEEPALIVED_CONF in str(caught.value)
+    assert cluster.remote_sha256(victim, KEEPALIVED_CONF) == before
+    assert cluster.ssh(victim, "systemctl is-active keepalived").strip() == "active"
+    assert run_playbook(cluster.project, "sync.yml").changed == 0
+
+
+def test_a_joining_node_starts_vrrp_only_once_the_master_advertises_to_it(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    master = cluster.cluster.master
+    assert master is not None
+    joining = cluster.node_names[-1]
+    assert joining != master.name
+    # The joining node has no VRRP yet, and the MASTER does not list it as a peer: the state of
+    # a cluster right after a node was added and bootstrapped.
+    cluster.ssh(joining, f"systemctl stop keepalived && rm {KEEPALIVED_CONF}")
+    joining_ip = cluster.cluster.nodes[joining].private_ip
+    forget_peer = f"sed -i '/^ *{joining_ip}$/d' {KEEPALIVED_CONF}"
+    cluster.ssh(master.name, f"{forget_peer} && systemctl reload keepalived")
+    since = cluster.ssh(joining, "date +%s").strip()
+
+    proc = cluster.ansible("ansible-playbook", "sync.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    time.sleep(2)  # longer than VRRP's master-down interval (3 adverts of 0.5 s)
+
+    journal = cluster.ssh(joining, f"journalctl -q --no-pager -u keepalived --since @{since}")
+    assert "Entering BACKUP STATE" in journal
+    assert "Entering MASTER STATE" not in journal, journal
+    assert cluster.ssh(joining, "systemctl is-active keepalived").strip() == "active"
+    # Its keepalived was changed in the last play, after the MASTER's peer list was fixed.
+    last_play = proc.stdout.rsplit("PLAY [", 1)[1]
+    assert last_play.startswith("Start VRRP on the nodes that join the cluster")
+    assert _recap(proc.stdout)[joining][0] > 0
+    assert f"changed: [{joining}]" in last_play
+    assert f"[{master.name}]" not in last_play
+    assert not any(run_playbook(cluster.project, "drift-check.yml").reports.values())

@@ -54,14 +54,30 @@ def add_node(
         else:
             unfinished = [n.name for n in infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)]
         infra.create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
-        progress("Preparing the new node (bootstrap)")
-        render_cluster(layout, cluster)
-        rollout.run(layout, cluster, "bootstrap.yml", on_event, limit=",".join(unfinished))
-        _ship_images(layout, cluster, progress)
-        progress("Rolling sync: peers learn the new node, one node at a time")
-        rollout.render_and_sync(layout, cluster, on_event)
+        _join(layout, cluster, ",".join(unfinished), progress, on_event)
         txn.save()
         return cluster.nodes[unfinished[0]]
+
+
+# keepalived on a joining node starts last: started before the MASTER advertises to it, it would
+# hear nobody, claim the Reserved IP and take it from the serving node.
+_HOLD_VRRP = ["keepalived"]
+
+
+def _join(
+    layout: HomeLayout, cluster: Cluster, joining: str, progress: Progress, on_event: EventSink
+) -> None:
+    """Serve on the new node first, then let its peers route to it, then start its VRRP."""
+    progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
+    render_cluster(layout, cluster)
+    hold = {"dynia_bootstrap_hold_components": _HOLD_VRRP}
+    rollout.run(layout, cluster, "bootstrap.yml", on_event, extra_vars=hold, limit=joining)
+    _ship_images(layout, cluster, progress)
+    progress("Starting the services on the new node before any HAProxy routes to it")
+    hold = {"dynia_sync_hold_components": _HOLD_VRRP}
+    rollout.run(layout, cluster, "sync.yml", on_event, extra_vars=hold, limit=joining)
+    progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
+    rollout.render_and_sync(layout, cluster, on_event)
 
 
 def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
@@ -79,8 +95,9 @@ def remove_node(
     progress: Progress,
     on_event: EventSink = None,
 ) -> None:
-    """Move the MASTER role away if the node has it, stop routing to it, delete it.
+    """Stop the node's VRRP, stop routing to it, delete it.
 
+    A MASTER hands the Reserved IP to the backup with the highest priority, which keeps the role.
     Only the remaining nodes are synced, so a node that is already dead can be removed too.
     State forgets the node only once the provider deleted it: a failed delete can be re-run.
     """
@@ -92,18 +109,52 @@ def remove_node(
                 hint="delete the whole cluster with `dynia cluster delete` instead",
             )
         provider = get_node_provider(cluster.node_provider, layout)
-        remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
-        if cluster.master and cluster.master.name == node_name:
-            successor = sorted(n for n in cluster.nodes if n != node_name)[0]
-            progress(f"{node_name} is MASTER: moving the role to {successor} first")
-            _make_master(layout, txn, cluster, successor, provider, progress, on_event, remaining)
+        was_master = cluster.master is node
+        progress(f"Stopping keepalived on {node_name}, so it never claims the Reserved IP again")
+        _give_up_vrrp(layout, cluster, node_name, on_event)
+        if was_master:
+            successor = max(
+                (n for n in cluster.nodes.values() if n is not node),
+                key=lambda n: (n.priority, n.name),
+            )
+            progress(f"{node_name} was MASTER: {successor.name} takes over the role")
+            node.priority = 1  # ranked last until it is gone, never taken for the MASTER again
+            _set_priorities(cluster, successor.name)
+            infra.attach_reserved_ip(txn, cluster, provider, progress)
         progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
+        remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
         del cluster.nodes[node_name]
         rollout.render_and_sync(layout, cluster, on_event, limit=remaining)
         progress(f"Deleting {node_name}")
         provider.delete_node(cluster.name, node.provider_id)
         infra.write_known_hosts(layout, cluster)
         txn.save()
+
+
+def _give_up_vrrp(
+    layout: HomeLayout, cluster: Cluster, node_name: str, on_event: EventSink
+) -> None:
+    """Stop keepalived on a leaving node; one that cannot be reached is not holding anything."""
+    rollout.run(
+        layout,
+        cluster,
+        "teardown.yml",
+        on_event,
+        extra_vars={"dynia_teardown_vrrp_only": True},
+        limit=node_name,
+        raise_on_failure=False,
+    )
+
+
+def _set_priorities(cluster: Cluster, master: str) -> None:
+    """``master`` gets the MASTER priority; the others keep their order below it."""
+    others = sorted(
+        (n for n in cluster.nodes.values() if n.name != master),
+        key=lambda n: (-n.priority, n.name),
+    )
+    cluster.nodes[master].priority = MASTER_PRIORITY
+    for index, node in enumerate(others):
+        node.priority = BACKUP_PRIORITY - index
 
 
 def _make_master(
@@ -114,15 +165,11 @@ def _make_master(
     provider: NodeProvider,
     progress: Progress,
     on_event: EventSink,
-    limit: str | None = None,
 ) -> None:
     """Give ``target`` the highest VRRP priority, roll it out and point the Reserved IP at it."""
-    ordered = [target, *sorted(n for n in cluster.nodes if n != target)]
-    for index, name in enumerate(ordered):
-        backup_priority = BACKUP_PRIORITY - index + 1
-        cluster.nodes[name].priority = MASTER_PRIORITY if index == 0 else backup_priority
+    _set_priorities(cluster, target)
     txn.save()  # the inventory's master/backup groups follow the new priorities
-    rollout.render_and_sync(layout, cluster, on_event, limit=limit)
+    rollout.render_and_sync(layout, cluster, on_event)
     infra.attach_reserved_ip(txn, cluster, provider, progress)
 
 
