@@ -5,8 +5,9 @@ Cloudflare APIs (through the real pydo and cloudflare SDKs). The fake's droplets
 nodes (``do_fleet.FleetDropletBackend``): keepalived's notify-master script on a node calls the
 fake API, whose assign action really moves the Reserved IP between nodes.
 
-The tests share one cluster and run in file order: create -> deploy with a domain -> failover by
-killing the MASTER under load -> no token anywhere it must not be -> delete.
+The tests share one cluster and run in file order: create -> deploy with a domain -> node add and
+remove under load -> failover by killing the MASTER under load -> no token anywhere it must not
+be -> delete.
 """
 
 from __future__ import annotations
@@ -276,6 +277,25 @@ def test_create_and_deploy_with_a_domain_serve_https_through_the_reserved_ip(env
             env.node_exec(node, "stat -c '%a %U' /etc/keepalived/dynia-notify-master.sh")
             == "700 root"
         )
+
+
+def test_node_add_and_remove_never_move_the_reserved_ip(env: Env) -> None:
+    master = env.master()
+    before = set(env.state()["nodes"])
+    actions = f"/v2/reserved_ips/{env.reserved_ip}/actions"
+    posts_before = env.do.statuses(actions, "POST")
+    with SteadyTraffic(env.reserved_ip, DOMAIN, "/version", env.ca, rate=25) as load:
+        env.run("cluster", "node", "add")
+        added = (set(env.state()["nodes"]) - before).pop()
+        env.run("cluster", "node", "remove", added)
+        time.sleep(1)
+    print(f"\nnode add + remove: {load.report.sent} requests, {load.report.failed} failed")
+    # A joining node that elected itself would have assigned the Reserved IP to its own droplet.
+    assert env.do.statuses(actions, "POST") == posts_before
+    assert env.reserved_ip_holder() == int(master["provider_id"])
+    assert load.report.failed == 0, load.report.failures[:5]
+    assert set(env.state()["nodes"]) == before
+    assert len(env.do.droplets) == 3
 
 
 def test_killing_the_master_moves_the_reserved_ip_through_the_notify_script(env: Env) -> None:
