@@ -412,3 +412,32 @@ def test_ctrl_c_during_bootstrap_stops_ansible_then_rerun_resumes(cluster: Clust
     assert rerun.returncode == 0, rerun.stderr
     report_time("Ctrl-C in bootstrap, then re-run", first_seconds, time.monotonic() - started)
     cluster.assert_complete()
+
+
+def test_node_add_killed_while_joining_then_rerun_finishes_the_same_node(cluster: Cluster) -> None:
+    created = cluster.run(*cluster.create_args())
+    assert created.returncode == 0, created.stderr
+    before = set(cluster.state()["nodes"])
+
+    first = cluster.start("--cluster", cluster.name, "cluster", "node", "add")
+    first.wait_for("Preparing the new node")
+    cluster.leftover_pids |= descendants(first.process.pid)
+    first.signal_group(signal.SIGKILL)
+    first.finish(timeout=30)
+    nodes = cluster.state()["nodes"]
+    (added,) = set(nodes) - before
+    assert nodes[added]["status"] == "joining"
+    added_id = cluster.containers()[added]["Id"]
+
+    rerun = cluster.run("--cluster", cluster.name, "cluster", "node", "add")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"Finishing node(s) an interrupted run started: {added}" in rerun.stderr
+    nodes = cluster.state()["nodes"]
+    assert set(nodes) == before | {added}
+    assert {n["status"] for n in nodes.values()} == {"ready"}
+    assert cluster.containers()[added]["Id"] == added_id, "the same node was finished"
+    container = f"dynia-{cluster.name}-{added}"
+    journal = docker("exec", container, "journalctl", "-q", "-u", "keepalived")
+    assert "Entering MASTER STATE" not in journal
+    master = max(nodes.values(), key=lambda n: (n["priority"], n["name"]))["name"]
+    assert cluster.vip_holders(settle=5) == [master]

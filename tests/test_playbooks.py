@@ -227,3 +227,37 @@ def test_a_joining_node_starts_vrrp_only_once_the_master_advertises_to_it(
     assert f"changed: [{joining}]" in last_play
     assert f"[{master.name}]" not in last_play
     assert not any(run_playbook(cluster.project, "drift-check.yml").reports.values())
+
+
+def test_handover_by_hand_moves_the_reserved_ip_to_the_first_backup(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    master = cluster.cluster.master
+    assert master is not None
+    first_backup = max(
+        (n for n in cluster.cluster.nodes.values() if n is not master),
+        key=lambda n: (n.priority, n.name),
+    )
+    address = cluster.cluster.reserved_ip.address  # type: ignore[union-attr]
+
+    def holders() -> list[str]:
+        return [n for n in cluster.node_names if f" {address}/" in cluster.ssh(n, "ip -4 -o a")]
+
+    assert holders() == [master.name]
+    try:
+        proc = cluster.ansible("ansible-playbook", "handover.yml", "--limit", master.name)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        time.sleep(1)
+        assert holders() == [first_backup.name]
+        assert cluster.ssh(master.name, "systemctl is-active keepalived || true").strip() in (
+            "inactive",
+            "failed",
+        )
+        assert "dynia handover" not in cluster.ssh(master.name, "iptables -S INPUT")
+    finally:
+        cluster.ssh(master.name, "systemctl start keepalived")
+    deadline = time.monotonic() + 10
+    while holders() != [master.name] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert holders() == [master.name]

@@ -132,7 +132,8 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name, role,
     priority, status, public_ip, private_ip, provider_id; with --health also "healthy" and
     "problem"), "services" (name, internal_port, health_path, images) and "routes" (domain,
-    service, dns).
+    service, dns). A node's status is provisioning, joining (`node add` not finished: run it
+    again), ready or out-of-sync (run `dynia repair`).
 
     Example: dynia cluster show --health
     """

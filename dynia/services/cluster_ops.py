@@ -8,16 +8,18 @@ from dynia import ssh
 from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for, get_node_provider
-from dynia.providers.base import NodeProvider, ReservedIpInfo
+from dynia.providers.base import ReservedIpInfo
 from dynia.services import Progress, certificates, infra, rollout
 from dynia.services.clusters import cluster_transaction, get_cluster, require_provisioned
 from dynia.services.render import render_cluster
 from dynia.services.rollout import EventSink
-from dynia.state import StateStore, Transaction
+from dynia.state import StateStore
 from dynia.state.models import (
     BACKUP_PRIORITY,
     MASTER_PRIORITY,
+    NODE_JOINING,
     NODE_PROVISIONING,
+    NODE_READY,
     Cluster,
     Node,
 )
@@ -42,19 +44,26 @@ def add_node(
 ) -> Node:
     """Create one node, then re-render and roll out so every peer list includes it.
 
-    A node planned or created by an interrupted run is finished instead of adding another.
+    A node planned, created or half-joined by an interrupted run is finished instead of adding
+    another.
     """
     with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
         require_provisioned(cluster)
         provider = get_node_provider(cluster.node_provider, layout)
         public_key = infra.ensure_keys(layout, txn, cluster)
-        unfinished = [n.name for n in cluster.nodes.values() if n.status == NODE_PROVISIONING]
+        unfinished = sorted(
+            n.name for n in cluster.nodes.values() if n.status in (NODE_PROVISIONING, NODE_JOINING)
+        )
         if unfinished:
             progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
         else:
             unfinished = [n.name for n in infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)]
-        infra.create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
+        infra.create_planned_nodes(
+            layout, txn, cluster, provider, public_key, progress, created_status=NODE_JOINING
+        )
         _join(layout, cluster, ",".join(unfinished), progress, on_event)
+        for name in unfinished:
+            cluster.nodes[name].status = NODE_READY
         txn.save()
         return cluster.nodes[unfinished[0]]
 
@@ -97,8 +106,8 @@ def remove_node(
 ) -> None:
     """Stop the node's VRRP, stop routing to it, delete it.
 
-    A MASTER hands the Reserved IP to the backup with the highest priority, which keeps the role.
-    Only the remaining nodes are synced, so a node that is already dead can be removed too.
+    A MASTER hands the Reserved IP over to the backup with the highest priority, which keeps the
+    role. Only the remaining nodes are synced, so a node that is already dead can be removed too.
     State forgets the node only once the provider deleted it: a failed delete can be re-run.
     """
     with cluster_transaction(store, cluster_option, "dynia cluster node remove") as (txn, cluster):
@@ -111,13 +120,13 @@ def remove_node(
         provider = get_node_provider(cluster.node_provider, layout)
         was_master = cluster.master is node
         progress(f"Stopping keepalived on {node_name}, so it never claims the Reserved IP again")
-        _give_up_vrrp(layout, cluster, node_name, on_event)
+        _hand_over(layout, cluster, node_name, progress, on_event)
         if was_master:
             successor = max(
                 (n for n in cluster.nodes.values() if n is not node),
                 key=lambda n: (n.priority, n.name),
             )
-            progress(f"{node_name} was MASTER: {successor.name} takes over the role")
+            progress(f"{node_name} was MASTER: {successor.name} took over the role")
             node.priority = 1  # ranked last until it is gone, never taken for the MASTER again
             _set_priorities(cluster, successor.name)
             infra.attach_reserved_ip(txn, cluster, provider, progress)
@@ -131,19 +140,25 @@ def remove_node(
         txn.save()
 
 
-def _give_up_vrrp(
-    layout: HomeLayout, cluster: Cluster, node_name: str, on_event: EventSink
+def _hand_over(
+    layout: HomeLayout, cluster: Cluster, node_name: str, progress: Progress, on_event: EventSink
 ) -> None:
-    """Stop keepalived on a leaving node; one that cannot be reached is not holding anything."""
-    rollout.run(
+    """Stop keepalived on the node once its requests in flight are done (handover.yml).
+
+    A node that cannot be reached holds nothing: keepalived on the others already moved on.
+    """
+    ports = [cluster.settings.http_port, cluster.settings.https_port]
+    result = rollout.run(
         layout,
         cluster,
-        "teardown.yml",
+        "handover.yml",
         on_event,
-        extra_vars={"dynia_teardown_vrrp_only": True},
+        extra_vars={"dynia_handover_ports": ports},
         limit=node_name,
         raise_on_failure=False,
     )
+    if not result.ok:
+        progress(f"  {node_name} could not hand over ({', '.join(result.failed_hosts)}); going on")
 
 
 def _set_priorities(cluster: Cluster, master: str) -> None:
@@ -157,22 +172,6 @@ def _set_priorities(cluster: Cluster, master: str) -> None:
         node.priority = BACKUP_PRIORITY - index
 
 
-def _make_master(
-    layout: HomeLayout,
-    txn: Transaction,
-    cluster: Cluster,
-    target: str,
-    provider: NodeProvider,
-    progress: Progress,
-    on_event: EventSink,
-) -> None:
-    """Give ``target`` the highest VRRP priority, roll it out and point the Reserved IP at it."""
-    _set_priorities(cluster, target)
-    txn.save()  # the inventory's master/backup groups follow the new priorities
-    rollout.render_and_sync(layout, cluster, on_event)
-    infra.attach_reserved_ip(txn, cluster, provider, progress)
-
-
 def activate_node(
     layout: HomeLayout,
     store: StateStore,
@@ -181,17 +180,33 @@ def activate_node(
     progress: Progress,
     on_event: EventSink = None,
 ) -> str:
-    """Health-check the target, make it MASTER, check it holds the Reserved IP and answers."""
+    """Health-check the target, make it MASTER, check it holds the Reserved IP and answers.
+
+    The target first becomes the first backup; the MASTER then hands the address over once its
+    requests in flight are done, so no request is reset; last, the new priorities roll out.
+    """
     command = "dynia cluster node activate"
     with cluster_transaction(store, cluster_option, command) as (txn, cluster):
         require_provisioned(cluster)
-        _node(cluster, node_name)
+        target = _node(cluster, node_name)
         provider = get_node_provider(cluster.node_provider, layout)
         progress(f"Health-checking {node_name}")
         rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
-        _make_master(layout, txn, cluster, node_name, provider, progress, on_event)
+        current = cluster.master
+        if current is not None and current is not target:
+            progress(f"{node_name} becomes the first backup")
+            target.priority = MASTER_PRIORITY - 1
+            txn.save()  # the inventory's master/backup groups follow the priorities
+            rollout.render_and_sync(layout, cluster, on_event)
+            progress(f"{current.name} hands the Reserved IP over to {node_name}")
+            _hand_over(layout, cluster, current.name, progress, on_event)
+        _set_priorities(cluster, node_name)
+        txn.save()
+        progress("Rolling out the new priorities")
+        rollout.render_and_sync(layout, cluster, on_event)
+        infra.attach_reserved_ip(txn, cluster, provider, progress)
         if provider.reserved_ip_mode == "vrrp":
-            _wait_until_holder(layout, cluster, cluster.nodes[node_name])
+            _wait_until_holder(layout, cluster, target)
         txn.save()
         return infra.wait_for_reserved_ip(cluster)
 

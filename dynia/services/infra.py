@@ -84,6 +84,7 @@ def create_planned_nodes(
     provider: NodeProvider,
     public_key: str,
     progress: Progress,
+    created_status: str = NODE_READY,
 ) -> None:
     pending = sorted(
         (n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING), key=lambda n: n.name
@@ -98,7 +99,7 @@ def create_planned_nodes(
         node.public_ip = made.public_ip
         node.private_ip = made.private_ip
         node.host_keys = list(made.host_keys)
-        node.status = NODE_READY
+        node.status = created_status
         write_known_hosts(layout, cluster)
         txn.save()
         progress(

@@ -18,11 +18,12 @@ STATUS_INFRA_READY = "infra-ready"
 STATUS_SERVING = "serving"
 CLUSTER_STATUSES = (STATUS_PLANNED, STATUS_INFRA_READY, STATUS_SERVING)
 
-# Node statuses.
+# Node statuses. A node `node add` created but has not finished joining is "joining".
 NODE_PROVISIONING = "provisioning"
+NODE_JOINING = "joining"
 NODE_READY = "ready"
 NODE_OUT_OF_SYNC = "out-of-sync"
-NODE_STATUSES = (NODE_PROVISIONING, NODE_READY, NODE_OUT_OF_SYNC)
+NODE_STATUSES = (NODE_PROVISIONING, NODE_JOINING, NODE_READY, NODE_OUT_OF_SYNC)
 
 # Who issues the cluster certificate: Dynia's local CA, or Cloudflare's Origin CA (trusted only
 # by Cloudflare's edge, so it goes with proxied records).
