@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -261,3 +263,66 @@ def test_handover_by_hand_moves_the_reserved_ip_to_the_first_backup(
     while holders() != [master.name] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert holders() == [master.name]
+
+
+def test_a_sync_killed_half_way_is_reported_and_the_next_sync_finishes_it(
+    bootstrapped_cluster: AnsibleCluster,
+) -> None:
+    cluster = bootstrapped_cluster
+    caddyfile = cluster.project / "caddy" / "Caddyfile"
+    good = caddyfile.read_bytes()
+    changed = good.replace(b'respond "ok', b'respond "fine')
+    assert changed != good
+    _replace_in_deploy_config(cluster, "caddy/Caddyfile", changed)
+    try:
+        # Killed right after the first node got its new file: its Caddy was not reloaded and
+        # checked yet, and the files alone would say it is in sync.
+        sync = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ansible-playbook"), "sync.yml"],
+            cwd=cluster.project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        assert sync.stdout is not None
+        for line in sync.stdout:
+            copied = re.match(r"changed: \[(\S+)\] => \(item=/etc/caddy/Caddyfile\)", line)
+            if copied:
+                os.killpg(sync.pid, signal.SIGKILL)
+                break
+        sync.wait(timeout=30)
+        assert copied, "the sync never copied the Caddyfile"
+        first = copied[1]
+        assert cluster.remote_sha256(first, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+
+        drift = run_playbook(cluster.project, "drift-check.yml")
+        assert [(e["path"], e["reasons"]) for e in drift.reports[first]] == [
+            (
+                "/var/lib/dynia-sync-pending.json",
+                ["a sync stopped before caddy were reloaded and checked"],
+            )
+        ]
+
+        assert run_playbook(cluster.project, "sync.yml").ok
+        for node in cluster.node_names:
+            health = cluster.ssh(node, "curl -s http://127.0.0.1:8080/dynia-health")
+            assert health.startswith("fine "), (node, health)
+        assert not any(run_playbook(cluster.project, "drift-check.yml").reports.values())
+        # Back in rotation on every HAProxy, the node the killed run had drained included.
+        assert {node: _servers_out_of_rotation(cluster, node) for node in cluster.node_names} == {
+            node: [] for node in cluster.node_names
+        }
+    finally:
+        cluster.render()
+        run_playbook(cluster.project, "sync.yml")
+
+
+def _servers_out_of_rotation(cluster: AnsibleCluster, node: str) -> list[str]:
+    """Servers that this node's HAProxy has drained or in maintenance."""
+    stats = cluster.ssh(
+        node, "echo 'show stat' | socat -t 2 stdio unix-connect:/run/haproxy/admin.sock"
+    )
+    rows = [line.split(",") for line in stats.splitlines() if line and not line.startswith("#")]
+    return [row[1] for row in rows if len(row) > 17 and row[17] in ("DRAIN", "MAINT")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 
@@ -33,6 +34,13 @@ options:
       mode: {description: Expected mode, octal string such as C(0644)., type: str}
       owner: {description: Expected owner name., type: str}
       group: {description: Expected group name., type: str}
+  pending_marker:
+    description:
+      - Path of the file a sync writes before it changes the node and removes once the node is
+        healthy again. When it exists, a sync stopped half-way (files copied, components not
+        reloaded, node maybe still drained): it is reported as drift, with the components it
+        names.
+    type: str
 """
 
 RETURN = r"""
@@ -51,6 +59,14 @@ missing_paths:
 dynia_drift:
   description: One entry per differing path with expected and actual values.
   type: list
+  returned: always
+pending_components:
+  description: Components the interrupted sync named in I(pending_marker); empty when none.
+  type: list
+  returned: always
+pending:
+  description: Whether I(pending_marker) exists.
+  type: bool
   returned: always
 """
 
@@ -122,11 +138,41 @@ def drift_entry(node: str, expected: dict, actual: dict) -> dict | None:
     }
 
 
+def read_pending(path: str | None) -> tuple[bool, list[str]]:
+    """Whether an interrupted sync left its marker, and the components it names."""
+    if not path or not os.path.exists(path):
+        return False, []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            components = json.load(handle).get("components", [])
+    except (OSError, ValueError, AttributeError):
+        return True, []
+    return True, [str(c) for c in components] if isinstance(components, list) else []
+
+
+def pending_entry(node: str, path: str, components: list[str]) -> dict:
+    what = ", ".join(components) or "its components"
+    return {
+        "node": node,
+        "path": path,
+        "reasons": [f"a sync stopped before {what} were reloaded and checked"],
+        "expected": None,
+        "actual": None,
+        "mode_expected": None,
+        "mode_actual": None,
+        "owner_expected": None,
+        "owner_actual": None,
+        "group_expected": None,
+        "group_actual": None,
+    }
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "node": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "dict", "required": True},
+            "pending_marker": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -140,12 +186,18 @@ def main() -> None:
         entry = drift_entry(node, expected, actual)
         if entry is not None:
             drift.append(entry)
+    changed_paths = [entry["path"] for entry in drift]
+    pending, pending_components = read_pending(module.params["pending_marker"])
+    if pending:
+        drift.append(pending_entry(node, module.params["pending_marker"], pending_components))
     module.exit_json(
         changed=False,
         files=states,
-        changed_paths=[entry["path"] for entry in drift],
+        changed_paths=changed_paths,
         missing_paths=[path for path, state in states.items() if not state["exists"]],
         dynia_drift=drift,
+        pending=pending,
+        pending_components=pending_components,
     )
 
 
