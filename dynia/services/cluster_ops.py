@@ -86,7 +86,7 @@ def _join(
     hold = {"dynia_sync_hold_components": _HOLD_VRRP}
     rollout.run(layout, cluster, "sync.yml", on_event, extra_vars=hold, limit=joining)
     progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
-    rollout.render_and_sync(layout, cluster, on_event)
+    rollout.run(layout, cluster, "sync.yml", on_event)  # deploy-config is already rendered
 
 
 def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
@@ -197,7 +197,8 @@ def activate_node(
             progress(f"{node_name} becomes the first backup")
             target.priority = MASTER_PRIORITY - 1
             txn.save()  # the inventory's master/backup groups follow the priorities
-            rollout.render_and_sync(layout, cluster, on_event)
+            # Only the target's keepalived file changes.
+            rollout.render_and_sync(layout, cluster, on_event, limit=node_name)
             progress(f"{current.name} hands the Reserved IP over to {node_name}")
             _hand_over(layout, cluster, current.name, progress, on_event)
         _set_priorities(cluster, node_name)
