@@ -21,19 +21,60 @@ def atomic_write(
     ``before_rename`` may adjust the finished temp file (e.g. its mtime) just before it appears.
     Temp files are named ``.<name>.<random>.tmp``.
     """
+    temp = write_temp(path, data, mode)
+    try:
+        if before_rename is not None:
+            before_rename(temp)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    commit_temp(temp, path)
+
+
+def write_temp(path: Path, data: bytes, mode: int) -> Path:
+    """Write ``data`` completely (fsynced) into a temp file beside ``path``, not yet renamed.
+
+    Split from the rename so that a caller can do every write that may fail (a full disk) before
+    it changes anything, then finish with renames only. Nothing is left behind on failure.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if before_rename is not None:
-            before_rename(Path(temp))
-        os.replace(temp, path)
+        try:
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
+        raise
+    return Path(temp)
+
+
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (it must not exist) with ``mode`` and write ``data`` completely."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow a 0600 key or a 0644 config
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written; a short write is not an error, ENOSPC is."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def commit_temp(temp: Path, path: Path) -> None:
+    """Rename a finished ``write_temp`` file over ``path`` and make the rename durable."""
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

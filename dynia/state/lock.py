@@ -150,8 +150,15 @@ class StateLock:
             since=datetime.now(UTC).isoformat(timespec="seconds"),
             hostname=socket.gethostname(),
         )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(asdict(holder), sort_keys=True).encode() + b"\n", 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(asdict(holder), sort_keys=True).encode() + b"\n", 0)
+        except OSError as exc:
+            # The caller closes fd, which releases the flock: nothing is left held or half-done.
+            raise StateError(
+                f"{command}: cannot record the lock holder in {self.path}: {exc.strerror or exc}",
+                hint=f"check free space and permissions in {self.path.parent}; nothing was changed",
+            ) from exc
         return holder
 
     def _live_holder(self) -> LockHolder | None:

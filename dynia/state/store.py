@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynia.errors import StateError
-from dynia.files import atomic_write
+from dynia.files import commit_temp, write_temp
 from dynia.paths import HomeLayout
 from dynia.state.lock import StateLock, WaitCallback
 from dynia.state.migrations import SchemaTooNewError, migrate
@@ -103,6 +103,8 @@ class StateStore:
             ) from exc
         except (ValueError, TypeError, KeyError) as exc:
             raise self._corrupt(str(exc)) from exc
+        except RecursionError as exc:
+            raise self._corrupt("a value is nested too deeply to be part of a Dynia state") from exc
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
         if not raw.strip():
@@ -115,6 +117,9 @@ class StateStore:
             raise self._corrupt(
                 f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
             ) from exc
+        except RecursionError as exc:
+            # No state Dynia writes nests more than a few levels; this is damage, not data.
+            raise self._corrupt("the JSON is nested too deeply to be a Dynia state") from exc
         if not isinstance(data, dict):
             raise self._corrupt(f"expected a JSON object, found {type(data).__name__}")
         return data
@@ -150,35 +155,73 @@ class StateStore:
 
     def _remove_stale_temp_files(self) -> None:
         # Only lock holders write temp files, so any left now belong to a writer that was killed.
-        for folder in (self.path.parent, self.layout.backups_dir):
-            for stale in folder.glob(f".{self.path.name}.*.tmp"):
+        target = self._target()
+        places = {(self.path.parent, self.path.name), (target.parent, target.name)}
+        places.add((self.layout.backups_dir, self.path.name))
+        for folder, name in places:
+            for stale in folder.glob(f".{name}.*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
 
-    def _write(self, new: bytes, old: bytes | None) -> None:
-        """Replace the file with ``new``, keeping ``old`` as the newest backup."""
+    def _target(self) -> Path:
+        """The file a save replaces: ``state.json``, or the file it is a symbolic link to.
+
+        Renaming over the link itself would turn it into a plain file and leave its target (the
+        copy the operator actually keeps, e.g. in a synced folder) with stale data.
+        """
+        if not self.path.is_symlink():
+            return self.path
         try:
-            if old is not None:
-                self._keep_backup(old)
-            atomic_write(self.path, new, 0o600)
-        except OSError as exc:
+            return self.path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # a symlink loop
             raise StateError(
-                f"cannot write the state file {self.path}: {exc.strerror}",
-                hint=f"check free space and permissions in {self.path.parent}; "
-                "the previous file is unchanged",
+                f"cannot follow the symbolic link {self.path}: {exc}",
+                hint="point it at a real file, or replace it with one",
             ) from exc
 
-    def _keep_backup(self, old: bytes) -> None:
+    def _write(self, new: bytes, old: bytes | None) -> None:
+        """Replace the file with ``new``, keeping ``old`` as the newest backup.
+
+        Both files are written in full before anything is renamed, so a write that fails (a full
+        disk) leaves the state and every backup as they were: the backups rotate only once the
+        new state is safely on disk, and only renames (which need no space) follow.
+        """
+        target = self._target()
+        written: list[Path] = []
+        try:
+            written.append(write_temp(target, new, 0o600))
+            backup = self._prepare_backup(old)
+            if backup is not None:
+                written.append(backup)
+                self._rotate_backups(backup)
+            commit_temp(written[0], target)
+        except OSError as exc:
+            for temp in written:
+                temp.unlink(missing_ok=True)
+            raise StateError(
+                f"cannot write the state file {target}: {exc.strerror or exc}",
+                hint=f"check free space and permissions in {target.parent}; "
+                "the previous file and its backups are unchanged",
+            ) from exc
+
+    def _prepare_backup(self, old: bytes | None) -> Path | None:
+        """``old`` written to a temp file in backups/, or None when no new backup is due."""
+        if old is None:
+            return None
         newest = self._backup(1)
         # A writer killed between backup and rename leaves the old content as .1 already.
         if newest.exists() and newest.read_bytes() == old:
-            return
+            return None
         self.layout.backups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return write_temp(newest, old, 0o600)
+
+    def _rotate_backups(self, finished: Path) -> None:
+        """Shift .1-.9 up by one (dropping .10) and put ``finished`` in as .1: renames only."""
         self._backup(BACKUPS_KEPT).unlink(missing_ok=True)
         for number in range(BACKUPS_KEPT - 1, 0, -1):
             if self._backup(number).exists():
                 os.replace(self._backup(number), self._backup(number + 1))
-        atomic_write(newest, old, 0o600)
+        commit_temp(finished, self._backup(1))
 
 
 class Transaction:
