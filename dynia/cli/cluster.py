@@ -83,8 +83,9 @@ def create_command(
     request = CreateRequest(
         name=name,
         nodes=nodes,
-        region=region or defaults.region,
-        size=size or defaults.size,
+        # `--region ""` is bad input to refuse, not a request for the default.
+        region=defaults.region if region is None else region,
+        size=defaults.size if size is None else size,
         node_provider=node_provider or defaults.node_provider,
         dns_provider=dns_provider or defaults.dns_provider,
         cert_issuer=cert_issuer or defaults.cert_issuer,

@@ -82,7 +82,7 @@ def get_dns_provider(name: str, layout: HomeLayout, *, proxied: bool = False) ->
             )
         from dynia.providers.local.dns import LocalDnsProvider
 
-        zones = _config_value(layout, "local_dns_zones")
+        zones = _config_zones(layout)
         return LocalDnsProvider(layout, zones=zones or LOCAL_DEFAULT_ZONES)
     from dynia.providers.cloudflare import CloudflareDnsProvider
 
@@ -96,6 +96,21 @@ def dns_provider_for(cluster: Cluster, layout: HomeLayout) -> DnsProvider:
 
 def _config_value(layout: HomeLayout, key: str) -> Any:
     try:
-        return json.loads(layout.config_file.read_text()).get(key)
-    except (OSError, ValueError):
+        data = json.loads(layout.config_file.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _config_zones(layout: HomeLayout) -> list[str] | None:
+    zones = _config_value(layout, "local_dns_zones")
+    # A string is iterable too: "abc" must not become the zones a, b and c.
+    if zones is not None and (
+        not isinstance(zones, list) or not all(isinstance(z, str) for z in zones)
+    ):
+        raise UsageError(
+            f'"local_dns_zones" in {layout.config_file} must be a list of zone names, '
+            f"found {zones!r}",
+            hint='fix the file, e.g. "local_dns_zones": ["example.test"]',
+        )
+    return zones

@@ -20,6 +20,7 @@ from dynia.providers import (
 )
 from dynia.services import Progress, infra
 from dynia.services.certificates import check_certificate_options
+from dynia.services.config import check_slug
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore, Transaction
 from dynia.state.models import (
@@ -57,6 +58,8 @@ def _validate(request: CreateRequest) -> None:
             f"--nodes must be between 1 and {MAX_NODES}, got {request.nodes}",
             hint="use 2 or more nodes for failover; 3 is the usual choice",
         )
+    check_slug("--region", request.region)
+    check_slug("--size", request.size)
     check_node_provider(request.node_provider)
     check_dns_provider(request.dns_provider)
     check_certificate_options(request.dns_provider, request.cert_issuer, request.dns_proxied)
