@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 
 from dynia.errors import ProviderError, RenderError
+from dynia.files import write_new_file
 from dynia.paths import HomeLayout, shipped_dir
 from dynia.providers import node_provider_traits
 from dynia.providers.credentials import Secret, lookup_token
@@ -27,6 +28,10 @@ from dynia.render.compose import node_compose, parse_compose
 from dynia.state.models import Cluster
 
 MANIFEST_SCHEMA = 1
+# Written into every rendered folder: `render --output` replaces a non-empty folder only when it
+# holds this file, so it never swaps away a folder some render did not write.
+RENDER_MARKER = ".dynia-render"
+MARKER_TEXT = b"Rendered by dynia. `dynia render` replaces this whole folder.\n"
 SERVICES_ROOT = "/opt/dynia/services"
 # The notify-master script and its token are not keepalived configuration: keepalived runs the
 # script afresh on each transition, so a change needs no reload, and the config validator (which
@@ -156,6 +161,14 @@ class Renderer:
     def _keepalived_files(self, cluster: Cluster) -> list[RenderedFile]:
         if not cluster.nodes:
             return []
+        if cluster.network is None:
+            # keepalived needs the private network's interface and prefix; state has neither.
+            raise RenderError(
+                f"cluster {cluster.name!r} has nodes but no private network in state "
+                f"(clusters.{cluster.name}.network is null)",
+                hint="restore the network record (name, subnet, interface) in state.json, or "
+                "restore a backup from backups/ that has it",
+            )
         mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
         return [
             RenderedFile(
@@ -214,9 +227,14 @@ class Renderer:
     def _service_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
         files = []
         for name, service in sorted(cluster.services.items()):
-            document = parse_compose(service.compose, f"compose of service {name!r}")
+            source = f"compose of service {name!r}"
+            document = parse_compose(service.compose, source)
             content = node_compose(
-                document, service.main_service, service.internal_port, service.container_port
+                document,
+                service.main_service,
+                service.internal_port,
+                service.container_port,
+                source,
             )
             files.append(
                 RenderedFile(
@@ -315,6 +333,7 @@ class Renderer:
         contents["metadata.json"] = _json_bytes(self.manifest(cluster, files))
         contents["cluster-metadata.json"] = _json_bytes(self.cluster_metadata(cluster))
         contents.update(self.ansible_project(cluster, target))
+        contents[RENDER_MARKER] = MARKER_TEXT
         _write_swapped(target, contents, {f.source: f.mode for f in files})
         return RenderResult(directory=target, files=files)
 
@@ -338,8 +357,7 @@ def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, st
         for relative, content in sorted(contents.items()):
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            path.chmod(0o600 if modes.get(relative) == "0600" else 0o644)
+            write_new_file(path, content, 0o600 if modes.get(relative) == "0600" else 0o644)
         staging.chmod(0o700)
         previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
         if target.exists():
