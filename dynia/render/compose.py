@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from dynia.errors import UsageError
+from dynia.errors import RenderError, UsageError
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,13 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
         raise UsageError(
             f"{source} is not valid YAML: {exc}", hint="fix the file and run again"
         ) from exc
+    except RecursionError as exc:
+        # PyYAML builds nested collections recursively; no compose file nests this deep.
+        raise UsageError(
+            f"{source} nests too deeply to be a compose file", hint="fix the file and run again"
+        ) from exc
+    if isinstance(document, dict):
+        _check_keys(document, source)
     if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
         raise UsageError(
             f"{source} has no 'services:' mapping",
@@ -51,12 +58,50 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
                 f"{source}: service {name!r} uses 'build' without 'image'",
                 hint="build the image locally, tag it, and name it in 'image:'",
             )
+        _check_port_lists(source, str(name), body)
     return document
+
+
+def _check_keys(document: dict[Any, Any], source: str) -> None:
+    """Every mapping key is a string, as compose requires.
+
+    YAML also allows 1: or null: as keys; mixed with names they cannot be sorted when the node's
+    compose file is written, so they are refused here, where the operator can fix them.
+    Walked with a stack, not recursion: the document may nest as deep as the parser allowed.
+    """
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise UsageError(
+                        f"{source}: key {key!r} in {path or 'the top level'} is not a string",
+                        hint=f'quote it ("{key}":) or remove it',
+                    )
+                stack.append((f"{path}.{key}" if path else key, value))
+
+
+def _check_port_lists(source: str, name: str, body: dict[str, Any]) -> None:
+    """``ports`` and ``expose`` are lists, as in the compose specification.
+
+    A bare string would otherwise be read character by character ("8080" as port 8).
+    """
+    for key in ("ports", "expose"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, list):
+            raise UsageError(
+                f"{source}: {key!r} of service {name!r} must be a list, found {value!r}",
+                hint=f'write it as a list, e.g. {key}: ["8080"]',
+            )
 
 
 def _port_number(value: object) -> int:
     text = str(value).split("/")[0].split("-")[0]
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or isinstance(value, bool):
         raise UsageError(
             f"cannot read a port number from {value!r} in the compose file",
             hint='write container ports as plain numbers (e.g. expose: ["8080"]) or pass --port',
@@ -97,14 +142,31 @@ def inspect_compose(
 
 
 def node_compose(
-    document: dict[str, Any], main_service: str, internal_port: int, container_port: int
+    document: dict[str, Any],
+    main_service: str,
+    internal_port: int,
+    container_port: int,
+    source: str = "the compose file",
 ) -> str:
     """The compose file as it runs on a node: main service on 127.0.0.1:<internal_port>."""
     services = {name: dict(body) for name, body in document["services"].items()}
+    if main_service not in services:
+        raise RenderError(
+            f"{source} has no service {main_service!r}, the one recorded to receive "
+            f"traffic (it has {', '.join(sorted(map(str, services)))})",
+            hint="deploy the service again with `dynia deploy --name <service> --compose <file>` "
+            "so the recorded main service matches its compose file",
+        )
     main = services[main_service]
     main["ports"] = [f"127.0.0.1:{internal_port}:{container_port}"]
     for body in services.values():
         body.setdefault("restart", "unless-stopped")
     rendered = {key: value for key, value in document.items() if key != "version"}
     rendered["services"] = services
-    return yaml.safe_dump(rendered, sort_keys=True, default_flow_style=False)
+    try:
+        return yaml.safe_dump(rendered, sort_keys=True, default_flow_style=False)
+    except RecursionError as exc:
+        raise RenderError(
+            f"{source} nests too deeply to be written back out",
+            hint="deploy the service again with a flatter compose file",
+        ) from exc

@@ -35,6 +35,8 @@ from dynia.state.models import (
 )
 
 FIRST_INTERNAL_PORT = 20000
+# The compose text is kept in state; a file anywhere near this size is not a compose file.
+COMPOSE_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,34 @@ def _assign_port(cluster: Cluster, name: str) -> int:
     return port
 
 
-def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
+def read_compose(path: Path) -> str:
+    """The compose file's text, read with a bound: ``/dev/zero`` or a log file is refused."""
     try:
-        text = request.compose_path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(COMPOSE_MAX_BYTES + 1)
     except OSError as exc:
         raise UsageError(
-            f"cannot read compose file {request.compose_path}: {exc.strerror}"
+            f"cannot read compose file {path}: {exc.strerror or exc}",
+            hint="check the path and that the file is readable",
         ) from exc
+    if len(raw) > COMPOSE_MAX_BYTES:
+        raise UsageError(
+            f"compose file {path} is larger than {COMPOSE_MAX_BYTES // 1024} KiB",
+            hint="a compose file is a few KiB of YAML; check that --compose names the right file",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"compose file {path} is not UTF-8 text (byte {exc.start})",
+            hint="check that --compose names the compose file, and save it as UTF-8",
+        ) from exc
+    # Universal newlines, as a text-mode read gives: the same file hashes the same everywhere.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
+    text = read_compose(request.compose_path)
     document = parse_compose(text, str(request.compose_path))
     facts = inspect_compose(document, request.name, request.container_port)
     if not request.health_path.startswith("/"):
