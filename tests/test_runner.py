@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -143,3 +144,42 @@ def test_progress_printer_live_keeps_changes_only() -> None:
     printer.close()
     kept = [line for line in stream.getvalue().split("\n") if "changed" in line]
     assert len(kept) == 1 and "node 1/3 quiet-fox: Copy ... " in kept[0]
+
+
+def test_the_data_dir_never_holds_a_secret_even_while_the_run_lasts(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed before its clean-up leaves its data dir: nothing in it may be a secret.
+
+    ansible-runner records the run's environment in artifacts/<id>/command; the data dir is
+    scanned just before it is removed, with every file ansible-runner wrote still in place.
+    """
+    import dynia.runner.run as run_module
+
+    secrets = {
+        "DIGITALOCEAN_TOKEN": "dop_v1_" + os.urandom(32).hex(),
+        "DIGITALOCEAN_FAILOVER_TOKEN": "dop_v1_" + os.urandom(32).hex(),
+        "CLOUDFLARE_API_TOKEN": os.urandom(20).hex(),
+        "AWS_SECRET_ACCESS_KEY": os.urandom(20).hex(),
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    scanned: list[Path] = []
+    real_rmtree = run_module.shutil.rmtree
+
+    def scan_then_remove(path: str | Path, *args: object, **kwargs: object) -> None:
+        folder = Path(path)
+        if folder.name.startswith("dynia-run-"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            assert any(p.name == "command" for p in files)  # the file that held the env
+            for file in files:
+                text = file.read_bytes()
+                for name, value in secrets.items():
+                    assert value.encode() not in text, f"{name} written to {file}"
+            scanned.append(folder)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.shutil, "rmtree", scan_then_remove)
+    result = run_playbook(project, "play.yml", extra_vars={"marker_dir": str(tmp_path)})
+    assert result.ok and len(scanned) == 1 and not scanned[0].exists()

@@ -1,13 +1,17 @@
 """ansible-runner invocation: a private, temporary data dir that never outlives the run.
 
-ansible-runner writes the whole environment of the run (tokens included) into its artifacts, so
-the data dir is created 0700 and removed when the run ends, whatever happens.
+ansible-runner writes the whole environment of the run into ``artifacts/<id>/command`` (no
+setting turns that off; ``suppress_env_files`` only covers ``env/``). The playbooks never need a
+provider token on the controller, so tokens and other secrets are taken out of the environment
+the run sees before that file is written. The data dir is also created 0700 and removed when the
+run ends, and a later run removes those of runs that were killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -40,7 +44,7 @@ def run_playbook(
     inventory reads). Raises RunnerError naming the failed or unreachable nodes when the run
     fails, unless ``raise_on_failure`` is false.
     """
-    import ansible_runner
+    from ansible_runner.interface import init_runner
 
     project_dir = Path(project_dir).resolve()
     _check_project(project_dir, playbook)
@@ -52,7 +56,7 @@ def run_playbook(
     data_dir = Path(tempfile.mkdtemp(prefix=f"{_DATA_DIR_PREFIX}{os.getpid()}-"))
     saved_handlers = _signal_handlers()
     try:
-        runner = ansible_runner.run(
+        runner = init_runner(
             private_data_dir=str(data_dir),
             project_dir=str(project_dir),
             playbook=playbook,
@@ -64,6 +68,8 @@ def run_playbook(
             quiet=True,
             suppress_env_files=True,
         )
+        runner.config.env = without_secrets(runner.config.env)
+        runner.run()
         rc = int(runner.rc if runner.rc is not None else 1)
         status = runner.status
     except Exception as exc:  # ansible-runner raises its own kinds for a broken setup
@@ -83,6 +89,18 @@ def run_playbook(
 
 
 _DATA_DIR_PREFIX = "dynia-run-"
+# Names of variables that hold credentials (DIGITALOCEAN_TOKEN, DIGITALOCEAN_FAILOVER_TOKEN,
+# CLOUDFLARE_API_TOKEN, AWS_SECRET_ACCESS_KEY, ...); no playbook run needs one.
+_SECRET_NAME_RE = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE
+)
+
+
+def without_secrets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without provider tokens and other credentials, as the run may see and record it."""
+    return {name: value for name, value in env.items() if not _SECRET_NAME_RE.search(name)}
+
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
