@@ -179,8 +179,10 @@ def test_teardown_deletes_only_what_it_created(
 
     with pytest.raises(ProviderError, match="dynia-cluster-prod"):
         provider.delete_node("prod", theirs.provider_id)
-    with pytest.raises(ProviderError, match="lose its droplets"):
+    with pytest.raises(ProviderError, match="lose its droplets") as caught:
         provider.delete_network("prod")  # the VPC still has a member: bounded wait, clear error
+    assert "deleting VPC dynia-prod" in caught.value.message
+    assert "Networking > VPC" in (caught.value.hint or "")
 
     provider.delete_node("prod", ours.provider_id)
     provider.delete_node("prod", ours.provider_id)  # already gone: not an error
@@ -451,3 +453,130 @@ def test_the_fake_serves_as_metadata_service_for_the_notify_script(
     moved = _run(script)
     assert moved.returncode == 0, moved.stderr
     assert fake.backend.assignments[rip.address] == int(b.provider_id)
+
+
+# -- cloud faults: a hung API, lost answers to creates, rate limits, leaving droplets ----------
+
+
+def _recording(fake: FakeDigitalOcean, **retry: float) -> tuple[DigitalOceanNodeProvider, list]:
+    """A provider whose progress lines are collected; retry options override fast defaults."""
+    lines: list[str] = []
+    policy = {"attempts": 4, "base_delay": 0.05, "max_delay": 60, **retry}
+    provider = _provider(fake, retry=RetryPolicy(**policy), progress=lines.append)
+    return provider, lines
+
+
+def test_a_hung_api_is_given_up_on_after_the_read_timeout_and_said_so(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    provider, lines = _recording(fake, read_timeout=0.3)
+    provider.create_node(_spec("ash-elk", key))
+    fake.stall(3, count=1, path_prefix="/v2/droplets", method="GET")
+    started = time.monotonic()
+    assert [n.name for n in provider.list_nodes("prod")] == ["ash-elk"]
+    assert time.monotonic() - started < 2  # not the 300 s default of the HTTP stack
+    assert any("no answer within" in line and "listing droplets" in line for line in lines)
+
+    fake.stall(3, count=50, path_prefix="/v2/droplets", method="GET")
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        provider.list_nodes("prod")
+    assert time.monotonic() - started < 4 * 0.3 + 2  # 4 tries, short backoffs
+    assert "listing droplets" in caught.value.message
+    assert "no answer within" in caught.value.message
+    assert "re-run" in (caught.value.hint or "")
+
+
+def test_a_create_answered_with_5xx_after_acceptance_makes_exactly_one_droplet(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    provider, lines = _recording(fake)
+    fake.server_errors(1, path_prefix="/v2/droplets", method="POST", after_serving=True)
+    node = provider.create_node(_spec("ash-elk", key))
+
+    assert list(fake.droplets) == [int(node.provider_id)]
+    assert fake.statuses("/v2/droplets", "POST") == [500]  # looked up, not sent again
+    assert any("accepted the earlier try of creating droplet" in line for line in lines)
+
+
+def test_a_create_whose_answer_times_out_makes_exactly_one_droplet(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    provider, _ = _recording(fake, read_timeout=0.3)
+    fake.stall(1.5, path_prefix="/v2/droplets", method="POST")
+    provider.create_node(_spec("ash-elk", key))
+    assert len(fake.droplets) == 1
+    assert len(fake.statuses("/v2/droplets", "POST")) == 1
+
+
+def test_vpc_and_reserved_ip_creates_are_not_repeated_after_a_lost_answer(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    provider, _ = _recording(fake)
+    fake.server_errors(1, path_prefix="/v2/vpcs", method="POST", after_serving=True)
+    provider.ensure_network("prod")
+    assert [v["name"] for v in fake.vpcs.values() if not v["default"]] == ["dynia-prod"]
+
+    node = provider.create_node(_spec("ash-elk", key))
+    fake.server_errors(1, path_prefix="/v2/reserved_ips", method="POST", after_serving=True)
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+
+    assert list(fake.reserved_ips) == [rip.address]
+    assert fake.statuses("/v2/reserved_ips", "POST") == [500]
+    assert fake.backend.assignments[rip.address] == int(node.provider_id)
+    assert provider.allocate_reserved_ip("prod", "fra1") == rip
+
+
+def test_retry_after_wins_over_a_rate_limit_reset_an_hour_away(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    waits: list[float] = []
+    lines: list[str] = []
+    provider = _provider(
+        fake, sleep=waits.append, progress=lines.append, retry=RetryPolicy(base_delay=0.05)
+    )
+    fake.rate_limit(1, path_prefix="/v2/droplets", reset_in=3600, retry_after=29)
+    assert provider.list_nodes("prod") == []
+    assert waits == [29.0]
+    assert fake.statuses("/v2/droplets") == [429, 200]
+    assert any("HTTP 429" in line and "waiting 29s" in line for line in lines)
+
+    fake.rate_limit(1, path_prefix="/v2/droplets", reset_in=3600, retry_after=3000)
+    with pytest.raises(ProviderError) as caught:
+        provider.list_nodes("prod")  # longer than RetryPolicy.max_delay: the operator decides
+    assert "rate limit" in caught.value.message and "listing droplets" in caught.value.message
+    assert "wait until" in (caught.value.hint or "")
+
+
+def test_vpc_delete_waits_while_droplets_are_still_leaving(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    lines: list[str] = []
+    provider = _provider(
+        fake, timeouts=Timeouts(vpc_release=10, poll_interval=0.05), progress=lines.append
+    )
+    node = provider.create_node(_spec("ash-elk", key))
+
+    def droplet_finally_gone() -> None:  # DigitalOcean releases the member a little later
+        with fake.lock:
+            fake.droplets.pop(int(node.provider_id))
+
+    threading.Timer(0.5, droplet_finally_gone).start()
+    provider.delete_network("prod")
+
+    assert not [v for v in fake.vpcs.values() if not v["default"]]
+    assert 409 in fake.statuses("/v2/vpcs/", "DELETE")
+    assert sum("still has members" in line for line in lines) == 1
+
+
+def test_an_action_on_a_reserved_ip_that_is_gone_is_a_clear_error(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
+) -> None:
+    provider.create_node(_spec("ash-elk", key))
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    fake.inject(404, path_prefix=f"/v2/reserved_ips/{rip.address}/actions", method="POST")
+    with pytest.raises(ProviderError) as caught:
+        provider.detach_reserved_ip(rip)
+    assert f"no longer knows reserved IP {rip.address}" in caught.value.message
+    assert "unassigning" in caught.value.message
+    assert "dynia repair" in (caught.value.hint or "")

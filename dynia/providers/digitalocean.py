@@ -17,9 +17,13 @@ pair locally and hands it to cloud-init in the user data (``ssh_keys``), so the 
 known before the droplet boots. The user data is readable from inside the droplet through the
 metadata service; that exposes the host key only to the machine that owns it.
 
-Every call goes through one bounded retry loop: 429 waits until ``ratelimit-reset`` (or
-``Retry-After``), 5xx and connection failures back off exponentially; pydo's own retries are off.
-Errors become ``ProviderError`` naming the setting to change. The token is a
+Every call goes through one bounded retry loop (pydo's own retries are off): a 429 waits as
+``Retry-After`` says (else until ``ratelimit-reset``), 5xx, timeouts and connection failures back
+off exponentially. Connect and read are bounded per request, every operation (its tries and
+waits together) by a deadline, and each wait is reported through ``progress`` so a slow API is
+visible. A create is never sent twice blindly: before any re-send the provider looks the resource
+up by the name or tags it carries, since a 5xx or a read timeout does not mean the API dropped it.
+Errors become ``ProviderError`` naming the operation and what to do. The token is a
 :class:`~dynia.providers.credentials.Secret` and never appears in messages or reprs.
 
 Environment: ``DIGITALOCEAN_TOKEN`` (else the credentials file, see ``credentials.py``),
@@ -32,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import time
@@ -42,7 +47,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pydo
 import yaml
-from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
 from azure.core.pipeline.policies import HeadersPolicy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,6 +78,16 @@ QUOTA_HINT = (
     "(https://cloud.digitalocean.com/account/team), or create the cluster with fewer --nodes; "
     "then re-run the same command"
 )
+STATUS_HINT = "check https://status.digitalocean.com and re-run the same command; it resumes"
+
+Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
+
+
+def _log_progress(message: str) -> None:
+    # Without a progress sink from the caller, a warning still reaches stderr (logging's
+    # last-resort handler), so a command waiting on the API never sits there silently.
+    log.warning("%s", message)
 
 
 class ApiError(ProviderError):
@@ -95,7 +116,12 @@ class RetryPolicy:
 
     attempts: int = 6
     base_delay: float = 1.0  # first backoff for 5xx / connection errors, doubled each time
-    max_delay: float = 60.0  # longest single wait, also for a rate-limit reset
+    max_delay: float = 60.0  # longest single wait, also for Retry-After or a rate-limit reset
+    connect_timeout: float = 10.0  # to open a connection to the API
+    # Between two reads of an answer. azure-core's default is 300 s: with 6 tries a hung API
+    # would stall a command for half an hour.
+    read_timeout: float = 30.0
+    deadline: float = 300.0  # one operation: all its tries and waits together
 
 
 @dataclass
@@ -186,8 +212,8 @@ class DigitalOceanNodeProvider:
         ssh_port: int = 22,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        request_timeout: int = 30,
         sleep: Callable[[float], None] = time.sleep,
+        progress: Progress | None = None,
     ) -> None:
         if isinstance(token, str):
             token = Secret(token)
@@ -199,6 +225,7 @@ class DigitalOceanNodeProvider:
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._progress = progress or _log_progress
         # A headers policy instead of azure's bearer policy: the latter refuses http endpoints,
         # and the endpoint check above already keeps plain http local.
         auth = HeadersPolicy({"Authorization": f"Bearer {self._token.reveal()}"})
@@ -207,8 +234,8 @@ class DigitalOceanNodeProvider:
             endpoint=self.api_url,
             authentication_policy=auth,
             retry_total=0,
-            timeout=request_timeout,
-            connection_timeout=request_timeout,
+            connection_timeout=self.retry.connect_timeout,
+            read_timeout=self.retry.read_timeout,
         )
 
     def __repr__(self) -> str:
@@ -216,27 +243,75 @@ class DigitalOceanNodeProvider:
 
     # -- the retry loop ------------------------------------------------------------------------
 
-    def _call(self, what: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one API operation with bounded retries; translate failures to ProviderError."""
+    def _call(
+        self,
+        what: str,
+        operation: Callable[..., Any],
+        *args: Any,
+        recover: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run one API operation with bounded retries; translate failures to ProviderError.
+
+        ``recover`` makes a non-idempotent call (a create) safe to retry: before every re-send
+        it looks for what the earlier try may have made (a 5xx or a read timeout can come after
+        the API accepted the request); a result other than None is returned instead.
+        """
+        deadline = time.monotonic() + self.retry.deadline
         for attempt in range(1, self.retry.attempts + 1):
+            if attempt > 1 and recover is not None:
+                found = recover()
+                if found is not None:
+                    self._progress(f"DigitalOcean accepted the earlier try of {what} after all")
+                    return found
             try:
                 return operation(*args, **kwargs)
             except HttpResponseError as exc:
-                status = exc.status_code or 0
-                retryable = status == 429 or status >= 500
-                delay = self._retry_delay(exc, attempt) if retryable else None
-                if delay is None or attempt == self.retry.attempts:
-                    raise self._translate(what, exc, attempt) from None
+                delay, reason = self._http_retry(what, exc, attempt, deadline)
             except (ServiceRequestError, ServiceResponseError) as exc:
-                if attempt == self.retry.attempts:
-                    raise ProviderError(
-                        f"cannot reach the DigitalOcean API at {self.api_url} while {what} "
-                        f"({type(exc).__name__} after {attempt} attempts)",
-                        hint=f"check the network and {API_URL_ENV}; then re-run",
-                    ) from None
-                delay = self._backoff(attempt)
+                delay, reason = self._network_retry(what, exc, attempt, deadline)
+            self._progress(
+                f"DigitalOcean API: {reason} while {what}; waiting {delay:.3g}s before try "
+                f"{attempt + 1} of {self.retry.attempts}"
+            )
             self._sleep(delay)
-        raise AssertionError("unreachable")  # the loop always returns or raises
+        raise AssertionError("unreachable")  # the last attempt always returns or raises
+
+    def _gives_up(self, attempt: int, deadline: float, delay: float | None) -> bool:
+        if delay is None or attempt >= self.retry.attempts:
+            return True
+        return time.monotonic() + delay > deadline
+
+    def _http_retry(
+        self, what: str, exc: HttpResponseError, attempt: int, deadline: float
+    ) -> tuple[float, str]:
+        """(delay, reason) before the next try; raises when the failure is final."""
+        status = exc.status_code or 0
+        delay = self._retry_delay(exc, attempt) if status == 429 or status >= 500 else None
+        if delay is None or self._gives_up(attempt, deadline, delay):
+            raise self._translate(what, exc, attempt) from None
+        if status == 429:
+            return delay, "rate limit reached (HTTP 429)"
+        return delay, f"HTTP {status} ({_api_message(exc)})"
+
+    def _network_retry(
+        self, what: str, exc: ServiceRequestError, attempt: int, deadline: float
+    ) -> tuple[float, str]:
+        if isinstance(exc, ServiceResponseTimeoutError):
+            reason = f"no answer within {self.retry.read_timeout:.0f}s"
+        elif isinstance(exc, ServiceRequestTimeoutError):
+            reason = f"no connection within {self.retry.connect_timeout:.0f}s"
+        else:
+            reason = f"connection failed ({type(exc).__name__})"
+        delay = self._backoff(attempt)
+        if self._gives_up(attempt, deadline, delay):
+            raise ProviderError(
+                f"the DigitalOcean API at {self.api_url} failed while {what}: {reason}, "
+                f"{attempt} tries",
+                hint=f"check the network, {API_URL_ENV} and https://status.digitalocean.com; "
+                "then re-run the same command, it resumes where it stopped",
+            ) from None
+        return delay, reason
 
     def _backoff(self, attempt: int) -> float:
         return min(self.retry.base_delay * 2 ** (attempt - 1), self.retry.max_delay)
@@ -245,14 +320,7 @@ class DigitalOceanNodeProvider:
         """Seconds to wait before the next try, or None when waiting is pointless."""
         if exc.status_code != 429:
             return self._backoff(attempt)
-        headers = exc.response.headers if exc.response is not None else {}
-        wait: float | None = None
-        reset = headers.get("ratelimit-reset")
-        if reset and reset.strip().isdigit():
-            wait = float(reset) - time.time()
-        retry_after = headers.get("retry-after")
-        if wait is None and retry_after and retry_after.strip().isdigit():
-            wait = float(retry_after)
+        wait = _rate_limit_wait(exc)
         if wait is None:
             return self._backoff(attempt)
         if wait > self.retry.max_delay:
@@ -281,8 +349,8 @@ class DigitalOceanNodeProvider:
                 f"give {TOKEN_ENV} the missing scope; it needs {TOKEN_SCOPES}",
             )
         if status == 429:
-            reset = exc.response.headers.get("ratelimit-reset") if exc.response else None
-            when = time.strftime("%H:%M:%S", time.localtime(int(reset))) if reset else "later"
+            wait = _rate_limit_wait(exc)
+            when = time.strftime("%H:%M:%S", time.localtime(time.time() + (wait or 60)))
             return (
                 f"DigitalOcean rate limit still exceeded while {what} after {attempts} attempts",
                 f"wait until {when} and re-run the same command; it resumes where it stopped",
@@ -291,12 +359,9 @@ class DigitalOceanNodeProvider:
             return (
                 f"the DigitalOcean API kept failing while {what} "
                 f"(HTTP {status} after {attempts} attempts: {message})",
-                "check https://status.digitalocean.com and re-run the same command",
+                STATUS_HINT,
             )
-        return (
-            f"DigitalOcean refused {what} (HTTP {status}: {message})",
-            "check the region, size and image settings of the cluster",
-        )
+        return (f"DigitalOcean refused {what} (HTTP {status}: {message})", _refusal_hint(status))
 
     def _list_all(self, what: str, operation: Callable[..., Any], key: str, **kw: Any) -> list:
         """Every item of a paginated list, following ``links.pages.next``."""
@@ -310,6 +375,18 @@ class DigitalOceanNodeProvider:
                 return items
             page = int(parse_qs(urlsplit(next_url).query).get("page", [page + 1])[0])
         raise ProviderError(f"DigitalOcean kept paginating while {what}", hint="re-run")
+
+    def _create(
+        self,
+        what: str,
+        operation: Callable[[dict[str, Any]], Any],
+        body: dict[str, Any],
+        key: str,
+        find: Callable[[], dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        """POST a create and return ``body[key]`` of the answer; ``find`` looks the resource up
+        (by the name or tags it carries) before any re-send, so a retry never makes a second."""
+        return self._call(what, lambda: _field(operation(body), key, what), recover=find)
 
     def _wait(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
         """Poll ``check`` until it returns something truthy; bounded by ``timeout``."""
@@ -344,7 +421,13 @@ class DigitalOceanNodeProvider:
                 "ip_range": _plan_ip_range(cluster, [v.get("ip_range", "") for v in vpcs]),
                 "description": f"Private network of Dynia cluster {cluster}",
             }
-            vpc = self._call(f"creating VPC dynia-{cluster}", self._client.vpcs.create, body)["vpc"]
+            vpc = self._create(
+                f"creating VPC dynia-{cluster}",
+                self._client.vpcs.create,
+                body,
+                "vpc",
+                lambda: self._find_vpc(cluster),
+            )
         if vpc.get("region") != region:
             raise ProviderError(
                 f"VPC dynia-{cluster} exists in region {vpc.get('region')}, not {region}",
@@ -372,21 +455,49 @@ class DigitalOceanNodeProvider:
         """Delete the cluster VPC and its SSH key; waits (bounded) for the VPC to empty."""
         vpc = self._find_vpc(cluster)
         if vpc is not None:
-            self._wait(
-                f"VPC dynia-{cluster} to lose its droplets",
-                self.timeouts.vpc_release,
-                lambda: self._try_delete_vpc(vpc["id"]),
-            )
+            self._delete_vpc(cluster, vpc["id"])
         for key in self._list_all("listing SSH keys", self._client.ssh_keys.list, "ssh_keys"):
             if key.get("name") == f"dynia-{cluster}":
                 self._call("deleting SSH key", self._client.ssh_keys.delete, key["id"])
 
-    def _try_delete_vpc(self, vpc_id: str) -> bool:
+    def _delete_vpc(self, cluster: str, vpc_id: str) -> None:
+        """Delete the VPC; while DigitalOcean still lists leaving droplets in it, wait (bounded)."""
+        name, limit = f"dynia-{cluster}", self.timeouts.vpc_release
+        told = False
+
+        def attempt() -> bool:
+            nonlocal told
+            if self._try_delete_vpc(name, vpc_id):
+                return True
+            if not told:
+                self._progress(
+                    f"VPC {name} still has members (droplets being deleted); "
+                    f"waiting up to {limit:.0f}s for DigitalOcean to release them"
+                )
+                told = True
+            return False
+
         try:
-            self._call("deleting the cluster VPC", self._client.vpcs.delete, vpc_id)
+            self._wait(f"VPC {name} to lose its droplets", limit, attempt)
+        except ProviderError as exc:
+            if "timed out" not in exc.message:
+                raise
+            raise ProviderError(
+                f"deleting VPC {name}: it did not lose its droplets within {limit:.0f}s",
+                hint="droplets of this or another cluster are still in it: check Networking > "
+                "VPC in the DigitalOcean control panel, delete or move them, then re-run the "
+                "same command (it resumes)",
+            ) from None
+
+    def _try_delete_vpc(self, name: str, vpc_id: str) -> bool:
+        try:
+            self._call(f"deleting VPC {name}", self._client.vpcs.delete, vpc_id)
         except ApiError as exc:
-            if exc.status == 403 and "member" in exc.api_message.lower():
-                return False  # droplet removal is still settling
+            # The live API answers 409 (its description says 403) while droplets are leaving.
+            if exc.status in (403, 409) and "member" in exc.api_message.lower():
+                return False
+            if exc.status == 404:
+                return True  # deleted by an earlier try whose answer was lost
             raise
         return True
 
@@ -398,8 +509,13 @@ class DigitalOceanNodeProvider:
         if key is None:
             body = {"name": f"dynia-{cluster}", "public_key": public_key.strip()}
             try:
-                key = self._call("uploading the SSH key", self._client.ssh_keys.create, body)
-                key = key["ssh_key"]
+                key = self._create(
+                    "uploading the SSH key",
+                    self._client.ssh_keys.create,
+                    body,
+                    "ssh_key",
+                    lambda: self._get_ssh_key(fingerprint),
+                )
             except ApiError:
                 key = self._get_ssh_key(fingerprint)  # uploaded by a concurrent run
                 if key is None:
@@ -459,8 +575,13 @@ class DigitalOceanNodeProvider:
             "monitoring": False,
             "ipv6": False,
         }
-        what = f"creating droplet {body['name']}"
-        return self._call(what, self._client.droplets.create, body)["droplet"]
+        return self._create(
+            f"creating droplet {body['name']}",
+            self._client.droplets.create,
+            body,
+            "droplet",
+            lambda: self._find_droplet(spec.cluster, spec.name),
+        )
 
     def _wait_active(self, droplet_id: int, node: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
@@ -470,7 +591,7 @@ class DigitalOceanNodeProvider:
                     f"droplet of node {node} (id {droplet_id}) disappeared while booting",
                     hint="re-run the same command to create it again",
                 )
-            droplet = body["droplet"]
+            droplet = _field(body, "droplet", f"reading droplet {node}")
             ready = droplet["status"] == "active" and _address(droplet, "public")
             return droplet if ready else None
 
@@ -513,7 +634,7 @@ class DigitalOceanNodeProvider:
         body = self._call("reading the droplet to delete", self._client.droplets.get, droplet_id)
         if _is_missing(body):
             return
-        tags = body["droplet"].get("tags") or []
+        tags = _field(body, "droplet", "reading the droplet to delete").get("tags") or []
         if f"dynia-cluster-{cluster}" not in tags:
             raise ProviderError(
                 f"droplet {provider_id} does not carry tag dynia-cluster-{cluster}; "
@@ -524,26 +645,72 @@ class DigitalOceanNodeProvider:
 
     # -- reserved IP ---------------------------------------------------------------------------
 
+    def _reserved_ips(self) -> list[dict[str, Any]]:
+        return self._list_all(
+            "listing reserved IPs", self._client.reserved_ips.list, "reserved_ips"
+        )
+
     def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo:
         droplets = self._cluster_droplets(cluster)
         ours = {d["id"] for d in droplets}
-        for rip in self._list_all(
-            "listing reserved IPs", self._client.reserved_ips.list, "reserved_ips"
-        ):
+        existing = self._reserved_ips()
+        for rip in existing:
             if (rip.get("droplet") or {}).get("id") in ours:
                 return ReservedIpInfo(address=rip["ip"], provider_id=rip["ip"])
         # Creating it assigned to a cluster droplet keeps it recognisable as ours on a re-run.
         in_region = sorted(
             (d for d in droplets if d["region"]["slug"] == region), key=lambda d: d["name"]
         )
-        body: dict[str, Any] = (
-            {"droplet_id": in_region[0]["id"]} if in_region else {"region": region}
+        target: int | None = in_region[0]["id"] if in_region else None
+        body: dict[str, Any] = {"droplet_id": target} if target else {"region": region}
+        before = {r["ip"] for r in existing}
+        made = self._call(
+            "creating the reserved IP",
+            self._client.reserved_ips.create,
+            body,
+            recover=lambda: self._new_reserved_ip(before, ours, region),
         )
-        created = self._call("creating the reserved IP", self._client.reserved_ips.create, body)
-        for link in (created.get("links") or {}).get("actions") or []:
+        rip = _field(made, "reserved_ip", "creating the reserved IP")
+        for link in (made.get("links") or {}).get("actions") or []:
             self._wait_action(link["id"], "assigning the new reserved IP")
-        address = created["reserved_ip"]["ip"]
-        return ReservedIpInfo(address=address, provider_id=address)
+        if made.get("recovered") and target is not None:
+            self._settle_assignment(rip["ip"], target)
+        return ReservedIpInfo(address=rip["ip"], provider_id=rip["ip"])
+
+    def _new_reserved_ip(
+        self, before: set[str], ours: set[int], region: str
+    ) -> dict[str, Any] | None:
+        """The reserved IP an earlier create made: one on a cluster droplet, else a new,
+        unassigned one in the region (its assign action may still be pending)."""
+        rips = self._reserved_ips()
+        held = [r for r in rips if (r.get("droplet") or {}).get("id") in ours]
+        fresh = [
+            r
+            for r in rips
+            if r["ip"] not in before
+            and not r.get("droplet")
+            and (r.get("region") or {}).get("slug") == region
+        ]
+        found = (held or fresh or [None])[0]
+        return None if found is None else {"reserved_ip": found, "recovered": True}
+
+    def _settle_assignment(self, address: str, droplet_id: int) -> None:
+        """Let a pending action of a recovered reserved IP end, then put it on ``droplet_id``."""
+
+        def unlocked() -> dict[str, Any] | None:
+            rip = self._get_reserved_ip(address)
+            if rip is None:
+                raise ProviderError(
+                    f"creating the reserved IP: {address} vanished from the account",
+                    hint="re-run the same command to create a new one",
+                )
+            return None if rip.get("locked") else rip
+
+        rip = self._wait(
+            f"reserved IP {address} to finish its pending action", self.timeouts.action, unlocked
+        )
+        if (rip.get("droplet") or {}).get("id") != droplet_id:
+            self._post_action(address, {"type": "assign", "droplet_id": droplet_id})
 
     def _get_reserved_ip(self, address: str) -> dict[str, Any] | None:
         try:
@@ -554,7 +721,7 @@ class DigitalOceanNodeProvider:
             if exc.status == 404:
                 return None
             raise
-        return None if _is_missing(body) else body["reserved_ip"]
+        return None if _is_missing(body) else _field(body, "reserved_ip", f"reading {address}")
 
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
         rip = self._get_reserved_ip(ip.address)
@@ -580,11 +747,20 @@ class DigitalOceanNodeProvider:
 
         def submit() -> dict[str, Any] | None:
             try:
-                return self._call(what, post, reserved_ip=address, body=body)["action"]
+                answer = self._call(what, post, reserved_ip=address, body=body)
             except ApiError as exc:
                 if exc.status == 422 and "pending" in exc.api_message.lower():
                     return None  # an earlier action still runs: submit again once it ends
-                raise
+                if exc.status != 404:
+                    raise
+                answer = {"id": "not_found"}
+            if _is_missing(answer):  # pydo returns the 404 body instead of raising
+                raise ProviderError(
+                    f"{what}: DigitalOcean no longer knows reserved IP {address}",
+                    hint="it was released outside Dynia; run `dynia repair --force` to "
+                    "allocate a new one",
+                )
+            return _field(answer, "action", what)
 
         action = self._wait(
             f"reserved IP {address} to accept {body['type']}", self.timeouts.action, submit
@@ -596,7 +772,7 @@ class DigitalOceanNodeProvider:
             action = self._call(what, self._client.actions.get, action_id)
             if _is_missing(action):
                 raise ProviderError(f"DigitalOcean lost action {action_id} ({what})", hint="re-run")
-            status = action["action"]["status"]
+            status = _field(action, "action", what)["status"]
             if status == "errored":
                 raise ProviderError(
                     f"DigitalOcean action {action_id} ({what}) errored",
@@ -640,6 +816,8 @@ class DigitalOceanNodeProvider:
             except ApiError as exc:
                 if exc.status == 422 and "pending" in exc.api_message.lower():
                     return False
+                if exc.status == 404:
+                    return True  # released by an earlier try whose answer was lost
                 raise
             return True
 
@@ -671,6 +849,27 @@ def _plan_ip_range(cluster: str, taken: list[str]) -> str:
     )
 
 
+def _rate_limit_wait(exc: HttpResponseError) -> float | None:
+    """Seconds a 429 asks us to wait. ``Retry-After`` wins: DigitalOcean's burst limit also sends
+    ``ratelimit-reset``, which is then up to an hour away (the expiry of the oldest request)."""
+    headers = exc.response.headers if exc.response is not None else {}
+    retry_after = (headers.get("retry-after") or "").strip()
+    if retry_after.isdigit():
+        return float(retry_after)
+    reset = (headers.get("ratelimit-reset") or "").strip()
+    if reset.isdigit():
+        return float(reset) - time.time()
+    return None
+
+
+def _refusal_hint(status: int) -> str:
+    if status == 404:
+        return "the resource is gone from the account; re-run the same command to recreate it"
+    if status == 409:
+        return "another change to the same resource is still running; re-run in a minute"
+    return "check the region, size and image settings of the cluster; then re-run"
+
+
 def _api_message(exc: HttpResponseError) -> str:
     try:
         body = exc.response.json() if exc.response is not None else None
@@ -679,6 +878,17 @@ def _api_message(exc: HttpResponseError) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])
     return str(exc.reason or "no message")
+
+
+def _field(body: Any, key: str, what: str) -> Any:
+    """``body[key]``, or a ProviderError naming the operation when the answer lacks it."""
+    if isinstance(body, dict) and isinstance(body.get(key), dict):
+        return body[key]
+    detail = body.get("message") if isinstance(body, dict) else None
+    raise ProviderError(
+        f"DigitalOcean answered {what} without its {key!r} ({detail or 'unexpected answer'})",
+        hint="re-run the same command; if it repeats check https://status.digitalocean.com",
+    )
 
 
 def _address(droplet: dict[str, Any], kind: str) -> str | None:

@@ -36,6 +36,7 @@ class Response:
     status: int
     body: Any = None  # JSON-serialisable, a str (sent as text/plain), or None for no body
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to hold the answer back (outside the lock): a slow or hung API
 
 
 @dataclass
@@ -54,14 +55,21 @@ class Exchange:
 
 @dataclass
 class Fault:
-    """Answer the next ``remaining`` matching requests with ``status`` instead of serving them."""
+    """Answer the next ``remaining`` matching requests with ``status`` instead of serving them.
 
-    status: int
+    ``after_serving``: serve the request first (it takes effect), then answer with the fault,
+    as an API whose gateway fails after the backend accepted a create. ``status`` None keeps
+    the real answer (useful with ``delay``). ``delay``: hold the answer back that long.
+    """
+
+    status: int | None
     remaining: int
     path_prefix: str
     method: str | None
     message: str
     headers: Callable[[], dict[str, str]] = dict
+    after_serving: bool = False
+    delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         if self.remaining <= 0:
@@ -132,19 +140,27 @@ class FakeApiServer:
 
     def inject(
         self,
-        status: int,
+        status: int | None,
         *,
         count: int = 1,
         path_prefix: str = "",
         method: str | None = None,
         message: str = "injected fault",
         headers: Callable[[], dict[str, str]] = dict,
+        after_serving: bool = False,
+        delay: float = 0.0,
     ) -> Fault:
-        """Answer the next ``count`` requests under ``path_prefix`` with ``status``."""
-        fault = Fault(status, count, path_prefix, method, message, headers)
+        """Answer the next ``count`` requests under ``path_prefix`` with ``status`` (see Fault)."""
+        fault = Fault(status, count, path_prefix, method, message, headers, after_serving, delay)
         with self.lock:
             self._faults.append(fault)
         return fault
+
+    def stall(
+        self, seconds: float, *, count: int = 1, path_prefix: str = "", method: str | None = None
+    ) -> Fault:
+        """Hold the next ``count`` answers back ``seconds`` (the request itself is served)."""
+        return self.inject(None, count=count, path_prefix=path_prefix, method=method, delay=seconds)
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -181,9 +197,18 @@ class FakeApiServer:
             fault = next((f for f in self._faults if f.matches(request.method, request.path)), None)
             if fault is not None:
                 fault.remaining -= 1
-                answer = Response(fault.status, self.error_body(fault.status, fault.message))
+                template, answer = self._template_of(request), Response(0)
+                if fault.status is None or fault.after_serving:
+                    template, answer = self._serve(request)
+                if fault.status is not None:  # the fault's answer replaces the real one
+                    answer = Response(fault.status, self.error_body(fault.status, fault.message))
                 answer.headers.update(fault.headers())
-                return self._template_of(request), answer
+                answer.delay = fault.delay
+                return template, answer
+            return self._serve(request)
+
+    def _serve(self, request: Request) -> tuple[str, Response]:
+        with self.lock:
             if not self.authorized(request):
                 return self._template_of(request), Response(401, self.error_body(401, ""))
             for route in self._routes:
@@ -243,6 +268,8 @@ def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             )
             template, response = fake.dispatch(request)
             fake.record(request, template, response)
+            if response.delay:
+                time.sleep(response.delay)  # a slow API: the client may give up meanwhile
             if isinstance(response.body, str):
                 payload, kind = response.body.encode(), "text/plain; charset=utf-8"
             else:
@@ -254,8 +281,11 @@ def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             if payload:
                 self.send_header("content-type", kind)
             self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.end_headers()
+                self.wfile.write(payload)
+            except OSError:
+                self.close_connection = True  # the client gave up waiting (a read timeout)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -6,8 +6,9 @@ headers on every answer, errors as ``{"id": ..., "message": ...}``.
 
 Endpoints: ``/v2/account``; ``/v2/account/keys`` (list, create, get/delete by id or
 fingerprint); ``/v2/droplets`` (list with ``tag_name`` or ``name``, create single, get, destroy);
-``/v2/vpcs`` (list, create, get, delete: 403 while it has members); ``/v2/reserved_ips`` (list,
-create by region or droplet, get, delete) and its ``/actions`` (assign, unassign, list, get);
+``/v2/vpcs`` (list, create, get, delete: 409 while it has members, as the live API answers);
+``/v2/reserved_ips`` (list, create by region or droplet, get, delete) and its ``/actions``
+(assign, unassign, list, get);
 ``/v2/actions/{id}``. Also the droplet metadata service's ``GET /metadata/v1/id`` (no token):
 it answers the id of the droplet whose public or private address the request comes from (or
 ``metadata_ids[caller address]``), so the notify-master script can use the fake as its metadata
@@ -20,7 +21,9 @@ local-fleet backend makes each droplet a container node and makes reserved-IP as
 address between nodes.
 
 Fault injection (all on the fake object, all counted per request):
-``rate_limit(count, path_prefix, reset_in)``, ``server_errors(count, path_prefix, status)``,
+``rate_limit(count, path_prefix, reset_in, retry_after)``,
+``server_errors(count, path_prefix, status, after_serving)`` (``after_serving``: the request takes
+effect, then the answer is a 5xx), ``stall(seconds, ...)`` (a hung API),
 ``reject_token()`` / ``accept_token()``, ``droplet_limit`` (quota on create), ``stall_actions``
 (actions stay ``in-progress`` forever), plus the generic ``inject(status, ...)``.
 """
@@ -315,24 +318,42 @@ class FakeDigitalOcean(FakeApiServer):
 
     # -- fault injection ---------------------------------------------------------------------
 
-    def rate_limit(self, count: int = 1, *, path_prefix: str = "/v2/", reset_in: int = 1) -> None:
-        """The next ``count`` requests get 429 with ``ratelimit-reset`` ``reset_in`` s ahead."""
+    def rate_limit(
+        self,
+        count: int = 1,
+        *,
+        path_prefix: str = "/v2/",
+        reset_in: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
+        """The next ``count`` requests get 429 with ``ratelimit-reset`` ``reset_in`` s ahead and
+        ``retry-after`` (default ``reset_in``). The burst limit sends a short ``retry-after``
+        with a ``ratelimit-reset`` up to an hour away."""
+        wait = reset_in if retry_after is None else retry_after
 
         def headers() -> dict[str, str]:
             return {
                 "ratelimit-limit": "5000",
                 "ratelimit-remaining": "0",
                 "ratelimit-reset": str(int(time.time()) + reset_in),
-                "retry-after": str(reset_in),
+                "retry-after": str(wait),
             }
 
         self.inject(429, count=count, path_prefix=path_prefix, headers=headers)
 
     def server_errors(
-        self, count: int = 3, *, path_prefix: str = "/v2/", status: int = 500
+        self,
+        count: int = 3,
+        *,
+        path_prefix: str = "/v2/",
+        status: int = 500,
+        method: str | None = None,
+        after_serving: bool = False,
     ) -> None:
-        """A burst of ``count`` 5xx answers."""
-        self.inject(status, count=count, path_prefix=path_prefix)
+        """A burst of ``count`` 5xx answers; ``after_serving``: each request took effect first."""
+        self.inject(
+            status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
+        )
 
     def reject_token(self) -> None:
         """Every request is now 401, as with a revoked token."""
@@ -761,7 +782,7 @@ class FakeDigitalOcean(FakeApiServer):
         if vpc["default"]:
             return self._error(403, "Can not delete the default VPC")
         if any(d["vpc_uuid"] == vpc["id"] for d in self.droplets.values()):
-            return self._error(403, "Can not delete VPC with members")
+            return self._error(409, "Can not delete VPC with members")
         del self.vpcs[vpc["id"]]
         self.backend.release_vpc(vpc["ip_range"])
         return Response(204)
