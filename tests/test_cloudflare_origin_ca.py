@@ -134,6 +134,26 @@ def test_fake_origin_ca_answers_parse_as_the_sdk_models(fake: FakeCloudflare) ->
                 OriginCACertificate.model_validate(item)
 
 
+def test_issue_answered_with_5xx_after_acceptance_is_not_sent_again(
+    fake: FakeCloudflare,
+) -> None:
+    lines: list[str] = []
+    ca = CloudflareOriginCa(
+        fake.token, base_url=fake.base_url, sleep=lambda _: None, progress=lines.append
+    )
+    # An older certificate for the same hostnames (another key) must not be taken for it.
+    older = ca.issue(pki.certificate_request(pki.new_private_key(), [WEB]), [WEB], 90)
+    fake.server_errors(1, path_prefix="/client/v4/certificates", method="POST", after_serving=True)
+    key = pki.new_private_key()
+    made = ca.issue(pki.certificate_request(key, [WEB]), [WEB], 90)
+
+    assert made.id != older.id and len(fake.origin_certificates) == 2
+    assert fake.statuses("/client/v4/certificates", "POST") == [200, 500]  # looked up, not re-sent
+    leaf = x509.load_pem_x509_certificate(made.certificate_pem.encode())
+    assert leaf.public_key() == key.public_key()
+    assert any("accepted the earlier try of issuing" in line for line in lines)
+
+
 def test_no_route_means_local_ca_and_the_first_domain_switches_to_origin(
     fake: FakeCloudflare, layout: HomeLayout, tmp_path: Path
 ) -> None:

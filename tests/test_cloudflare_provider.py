@@ -200,3 +200,63 @@ def test_token_and_base_url_from_the_environment(
     monkeypatch.setenv("CLOUDFLARE_API_TOKEN", fake.token)
     monkeypatch.setenv("CLOUDFLARE_BASE_URL", fake.base_url)
     assert CloudflareDnsProvider().find_zone("a.example.com").name == "example.com"
+
+
+# -- cloud faults ------------------------------------------------------------------------------
+
+
+def test_a_global_api_key_in_the_environment_is_never_sent(
+    fake: FakeCloudflare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK would send these instead of the token; the fake refuses them with 401.
+    monkeypatch.setenv("CLOUDFLARE_API_KEY", "0123456789abcdef0123456789abcdef01234")
+    monkeypatch.setenv("CLOUDFLARE_EMAIL", "operator@example.com")
+    monkeypatch.setenv("CLOUDFLARE_API_USER_SERVICE_KEY", "v1.0-user-service-key")
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, max_retries=0)
+    dns.upsert_a_record("app.example.com", "203.0.113.10")
+    assert 401 not in fake.statuses()
+    assert dns._client.with_options(timeout=5).zones.list().result  # copies stay token-only
+
+
+def test_a_record_create_answered_with_5xx_after_acceptance_is_not_sent_again(
+    fake: FakeCloudflare,
+) -> None:
+    lines: list[str] = []
+    dns = CloudflareDnsProvider(
+        fake.token, base_url=fake.base_url, sleep=lambda _: None, progress=lines.append
+    )
+    fake.server_errors(1, method="POST", after_serving=True)
+    record = dns.upsert_a_record("app.example.com", "203.0.113.10")
+
+    [made] = fake.records_named("app.example.com")
+    assert made["id"] == record.id
+    assert fake.statuses(method="POST") == [500]  # looked up, not re-sent
+    assert any("accepted the earlier try of creating A record" in line for line in lines)
+
+
+def test_deleting_a_record_that_is_already_gone_is_success(fake: FakeCloudflare) -> None:
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, sleep=lambda _: None)
+    dns.upsert_a_record("app.example.com", "203.0.113.10")
+    # The delete takes effect but its answer is lost; the re-sent delete finds nothing: 404.
+    fake.server_errors(1, method="DELETE", after_serving=True)
+    dns.delete_a_record("app.example.com")
+    assert fake.statuses(method="DELETE") == [500, 404]
+    assert fake.records_named("app.example.com") == []
+
+
+def test_a_long_retry_after_is_honoured_and_said(fake: FakeCloudflare) -> None:
+    waits: list[float] = []
+    lines: list[str] = []
+    dns = CloudflareDnsProvider(
+        fake.token, base_url=fake.base_url, sleep=waits.append, progress=lines.append
+    )
+    fake.rate_limit(1, reset_in=120)  # above the SDK's own 60 s cap
+    assert dns.find_zone("example.com").name == "example.com"
+    assert waits == [120.0]
+    assert any("waiting 120s" in line and "looking up zone" in line for line in lines)
+
+    fake.rate_limit(1, reset_in=3600)  # beyond MAX_RETRY_AFTER: the operator decides
+    with pytest.raises(ProviderError) as caught:
+        dns.find_zone("example.com")
+    assert "3600s" in caught.value.message and "looking up zone" in caught.value.message
+    assert "wait until" in (caught.value.hint or "")

@@ -15,9 +15,13 @@ the requested hostnames, which must lie in the account's zones; ``GET /certifica
 ``zone_id``), ``GET /certificates/{id}`` and ``DELETE /certificates/{id}`` (revoke). As on the real
 API, the id is the certificate's serial number in decimal.
 
+Requests that carry the Global API Key headers (``X-Auth-Key``, ``X-Auth-Email``) get 401.
+
 Test controls: ``add_zone(name)``; faults ``rate_limit(count, reset_in)`` (429 with
-``retry-after``), ``server_errors(count)``, ``reject_token()``, ``deny_certificates()`` (the token
-lacks SSL and Certificates:Edit: 403 on the Origin CA endpoints), and the generic ``inject``.
+``retry-after``), ``server_errors(count, after_serving=...)`` (``after_serving``: the request
+takes effect, then the answer is a 5xx), ``stall(seconds)``, ``reject_token()``,
+``deny_certificates()`` (the token lacks SSL and Certificates:Edit: 403 on the Origin CA
+endpoints), and the generic ``inject``.
 """
 
 from __future__ import annotations
@@ -103,9 +107,18 @@ class FakeCloudflare(FakeApiServer):
         self.inject(429, count=count, path_prefix=path_prefix, headers=headers)
 
     def server_errors(
-        self, count: int = 3, *, path_prefix: str = PREFIX, status: int = 500
+        self,
+        count: int = 3,
+        *,
+        path_prefix: str = PREFIX,
+        status: int = 500,
+        method: str | None = None,
+        after_serving: bool = False,
     ) -> None:
-        self.inject(status, count=count, path_prefix=path_prefix)
+        """A burst of ``count`` 5xx answers; ``after_serving``: each request took effect first."""
+        self.inject(
+            status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
+        )
 
     def deny_certificates(self) -> None:
         """From now on the token lacks SSL and Certificates:Edit."""
@@ -115,6 +128,10 @@ class FakeCloudflare(FakeApiServer):
         self._accepted_token = "revoked-" + uuid.uuid4().hex
 
     def authorized(self, request: Request) -> bool:
+        # A request carrying the Global API Key (X-Auth-Key / X-Auth-Email) is refused: Dynia
+        # must authenticate with its scoped token only.
+        if "x-auth-key" in request.headers or "x-auth-email" in request.headers:
+            return False
         return request.headers.get("authorization", "") == f"Bearer {self._accepted_token}"
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
