@@ -26,8 +26,9 @@ from dynia.providers.base import NodeSpec
 from dynia.providers.cloudflare import CloudflareDnsProvider
 from dynia.providers.digitalocean import DigitalOceanNodeProvider, RetryPolicy, Timeouts
 
-SPEC_ROOT = Path("/work/shared/apis/digitalocean-openapi/specification")
-SPEC_FILE = SPEC_ROOT / "DigitalOcean-public.v2.yaml"
+# The paths the fake serves, vendored from DigitalOcean's description (Apache-2.0) by
+# tests/fakes/openapi/vendor_digitalocean.py; every $ref in it is internal.
+SPEC_FILE = Path(__file__).resolve().parent / "fakes" / "openapi" / "digitalocean" / "subset.yaml"
 _SKIP_KEYS = {"example", "examples", "x-codeSamples", "description", "discriminator"}
 
 
@@ -69,8 +70,7 @@ def _resolve(node: Any, base: Path, depth: int = 0, in_properties: bool = False)
 def _response_schema(template: str, method: str, status: int) -> tuple[bool, Any]:
     """(documented?, schema or None for an empty body) for one answer of the API."""
     root = _load(SPEC_FILE)
-    operation_ref = root["paths"][template][method.lower()]
-    operation, op_file = _follow(operation_ref["$ref"], SPEC_FILE)
+    operation, op_file = root["paths"][template][method.lower()], SPEC_FILE
     responses = operation["responses"]
     documented = str(status) in responses
     response = responses.get(str(status), responses.get("default"))

@@ -1,6 +1,6 @@
 """A fake DigitalOcean API v2 on loopback: the subset Dynia's provider and notify script use.
 
-Written from the public OpenAPI description (``/work/shared/apis/digitalocean-openapi``):
+Written from the public OpenAPI description (vendored subset: ``tests/fakes/openapi/digitalocean``):
 status codes, body shapes, ``links.pages`` pagination with ``meta.total``, ``ratelimit-*``
 headers on every answer, errors as ``{"id": ..., "message": ...}``.
 
