@@ -131,6 +131,7 @@ def test_digitalocean_fake_answers_match_the_openapi_description() -> None:
     with FakeDigitalOcean(per_page_max=2) as fake:
         _exercise_digitalocean(fake)
         exchanges: list[Exchange] = list(fake.exchanges)
+        assert fake.request_violations == []  # every request Dynia sent is one the API allows
 
     checked: set[tuple[str, str, int]] = set()
     for exchange in exchanges:
@@ -219,3 +220,13 @@ def test_cloudflare_fake_answers_parse_as_the_sdk_models() -> None:
             ARecord.model_validate(result)
             kinds.add("record")
     assert kinds == {"zones", "records", "record", "delete", "error"}
+
+
+def test_a_request_the_description_does_not_allow_is_refused_by_the_fake() -> None:
+    with FakeDigitalOcean() as fake:
+        provider = DigitalOceanNodeProvider(fake.token, api_url=fake.api_url, region="fra1")
+        with pytest.raises(ProviderError, match="does not conform"):
+            provider._call("creating a VPC", provider._client.vpcs.create, {"name": "x"})
+        assert not [v for v in fake.vpcs.values() if not v["default"]]
+        [violation] = fake.request_violations
+        assert "POST /v2/vpcs" in violation and "'region' is a required property" in violation

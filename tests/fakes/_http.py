@@ -78,6 +78,8 @@ class Fault:
 
 
 Handler = Callable[[Request], Response]
+# Why a request does not conform to the API's description, or None (see _openapi.RequestCheck).
+RequestCheck = Callable[[Request], str | None]
 
 
 @dataclass
@@ -98,6 +100,8 @@ class FakeApiServer:
         self.lock = threading.RLock()
         self._routes: list[_Route] = []
         self._faults: list[Fault] = []
+        self.request_check: RequestCheck | None = None
+        self.request_violations: list[str] = []  # requests refused by ``request_check``
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -192,6 +196,13 @@ class FakeApiServer:
     # -- dispatch ------------------------------------------------------------------------------
 
     def dispatch(self, request: Request) -> tuple[str, Response]:
+        problem = self.request_check(request) if self.request_check else None
+        if problem is not None:
+            # A request the real API would not accept as described: refuse it loudly.
+            with self.lock:
+                self.request_violations.append(problem)
+            message = f"request does not conform to the API description: {problem}"
+            return self._template_of(request), Response(400, self.error_body(400, message))
         with self.lock:
             self.before_request()
             fault = next((f for f in self._faults if f.matches(request.method, request.path)), None)

@@ -20,6 +20,9 @@ answers an SSH banner, so the provider's SSH-ready wait has something real to co
 local-fleet backend makes each droplet a container node and makes reserved-IP assignment move the
 address between nodes.
 
+Every API request is validated against the vendored description (openapi-core): one it does not
+allow is answered 400 and listed in ``request_violations``.
+
 Fault injection (all on the fake object, all counted per request):
 ``rate_limit(count, path_prefix, reset_in, retry_after)``,
 ``server_errors(count, path_prefix, status, after_serving)`` (``after_serving``: the request takes
@@ -43,6 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._http import FakeApiServer, Request, Response, now_iso
+from ._openapi import OPENAPI_DIR, RequestCheck
+
+SPEC_FILE = OPENAPI_DIR / "digitalocean" / "subset.yaml"
 
 _TAG_RE = re.compile(r"^[a-zA-Z0-9_\-:]{1,255}$")
 _SIZES = ["s-1vcpu-1gb", "s-1vcpu-2gb", "s-2vcpu-2gb", "s-2vcpu-4gb", "s-4vcpu-8gb"]
@@ -272,8 +278,15 @@ class FakeDigitalOcean(FakeApiServer):
         action_delay: float = 0.05,
         per_page_max: int = 200,
         host: str = "127.0.0.1",
+        validate_requests: bool = True,
     ) -> None:
         super().__init__(token, host)
+        if validate_requests:
+            check = RequestCheck(SPEC_FILE, "https://api.digitalocean.com")
+            # The metadata service is no part of the API description.
+            self.request_check = lambda r: (
+                None if r.path.startswith("/metadata/") else check.problem(r)
+            )
         self.backend: DropletBackend = backend or InMemoryDropletBackend()
         self.action_delay = action_delay
         self.per_page_max = per_page_max

@@ -7,7 +7,8 @@ Run from the repository root with the upstream checkout
 
 It keeps only the paths in ``PATHS``, inlines the upstream files they reference (each one once,
 under ``components/x-upstream``, so ``$ref`` stays internal), and drops code samples, examples
-and prose, which the tests never read. The output is ``digitalocean/subset.yaml``; the upstream
+and prose, which the tests never read; path and query parameters lose ``readOnly``
+(see ``Bundler.writable``). The output is ``digitalocean/subset.yaml``; the upstream
 LICENSE goes beside it.
 """
 
@@ -36,7 +37,8 @@ PATHS = (
     "/v2/reserved_ips/{reserved_ip}/actions",
     "/v2/reserved_ips/{reserved_ip}/actions/{action_id}",
 )
-DROP = {"x-codeSamples", "example", "examples", "description", "summary", "tags"}
+# discriminator mappings name upstream files; anyOf/oneOf alone validate the same bodies.
+DROP = {"x-codeSamples", "example", "examples", "description", "summary", "tags", "discriminator"}
 
 
 class Bundler:
@@ -76,6 +78,21 @@ class Bundler:
                 out[method] = self.walk(operation, base)
         return out
 
+    def writable(self, node: Any) -> Any:
+        """``node`` with its internal $refs inlined and ``readOnly`` dropped.
+
+        Upstream parameters reuse response attributes (``ssh_key_identifier`` is ``anyOf`` the
+        key's read-only id and fingerprint); a validator then refuses every request that sends
+        one, though the API takes them. A parameter is never read-only.
+        """
+        if isinstance(node, list):
+            return [self.writable(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return self.writable(self.upstream[node["$ref"].rsplit("/", 1)[1]])
+        return {k: self.writable(v) for k, v in node.items() if k != "readOnly"}
+
     def walk(self, node: Any, base: Path, in_properties: bool = False) -> Any:
         if isinstance(node, list):
             return [self.walk(item, base) for item in node]
@@ -95,6 +112,9 @@ def main(upstream: Path) -> None:
     bundler = Bundler(spec_file.parent.resolve())
     root = bundler.load(spec_file.resolve())
     paths = {path: bundler.path_item(root["paths"][path], spec_file.resolve()) for path in PATHS}
+    for node in bundler.upstream.values():
+        if isinstance(node, dict) and node.get("in") in ("path", "query"):
+            node["schema"] = bundler.writable(node["schema"])
     out = {
         "openapi": root["openapi"],
         "info": {
