@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import jinja2
 import pytest
+import yaml
 
 from dynia.paths import shipped_dir
 from dynia.providers.base import ProvisionedNode
@@ -21,12 +22,15 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def render(template: str, **variables: object) -> str:
+    """A role's template with the role's defaults, overridden by ``variables``."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(shipped_dir("roles")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    return environment.get_template(template).render(**variables)
+    role = template.split("/", 1)[0]
+    defaults = yaml.safe_load((shipped_dir("roles") / role / "defaults" / "main.yml").read_text())
+    return environment.get_template(template).render(**{**defaults, **variables})
 
 
 def put(fleet: Fleet, node: ProvisionedNode, path: str, text: str) -> None:

@@ -34,7 +34,12 @@ def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
         "haproxy_maxconn": 4096,
         "haproxy_admin_socket": HAPROXY_ADMIN_SOCKET,
         "haproxy_retries": 3,
-        "haproxy_check_interval_ms": 1000,
+        "haproxy_check_interval_ms": 500,
+        "haproxy_connect_timeout_ms": 500,
+        "haproxy_check_timeout_ms": 500,
+        "haproxy_check_fall": 2,
+        "haproxy_check_rise": 2,
+        "haproxy_hard_stop_after_s": 30,
         "haproxy_frontend_name": "dynia_public",
         "haproxy_http_port": cluster.settings.http_port,
         "haproxy_https_port": cluster.settings.https_port,
@@ -68,6 +73,11 @@ def caddy_vars(cluster: Cluster) -> dict[str, Any]:
         "caddy_health_path": cluster.settings.health_path,
         "caddy_node_name": "{system.hostname}",
         "caddy_sites": caddy_sites(cluster),
+        # HAProxy on any node connects from that node's private address.
+        "caddy_trusted_peers": sorted(
+            (n.private_ip for n in cluster.nodes.values() if n.private_ip),
+            key=ipaddress.ip_address,
+        ),
     }
 
 
@@ -93,6 +103,10 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_track_script_name": "dynia_haproxy_alive",
         "keepalived_track_script": "/usr/bin/pgrep -x haproxy",
         "keepalived_track_interval": 1,
+        # One failed check gives the address up: pgrep does not flap, and every second without
+        # HAProxy is a second of held connections.
+        "keepalived_track_fall": 1,
+        "keepalived_track_rise": 2,
         "keepalived_instance_name": "dynia",
         "keepalived_interface": cluster.network.interface,
         "keepalived_virtual_router_id": cluster.settings.vrrp_router_id,
@@ -103,6 +117,8 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_unicast_peers": peers,
         "keepalived_virtual_ipaddresses": vips,
         "keepalived_notify_master_script": notify,
+        # A node that comes back stays BACKUP: moving the address back would be a second outage.
+        "keepalived_nopreempt": True,
     }
 
 

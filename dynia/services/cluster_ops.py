@@ -15,7 +15,6 @@ from dynia.services.render import render_cluster
 from dynia.services.rollout import EventSink
 from dynia.state import StateStore
 from dynia.state.models import (
-    BACKUP_PRIORITY,
     MASTER_PRIORITY,
     NODE_JOINING,
     NODE_PROVISIONING,
@@ -118,6 +117,7 @@ def remove_node(
                 hint="delete the whole cluster with `dynia cluster delete` instead",
             )
         provider = get_node_provider(cluster.node_provider, layout)
+        infra.adopt_live_master(layout, cluster, progress)
         was_master = cluster.master is node
         progress(f"Stopping keepalived on {node_name}, so it never claims the Reserved IP again")
         _hand_over(layout, cluster, node_name, progress, on_event)
@@ -128,7 +128,7 @@ def remove_node(
             )
             progress(f"{node_name} was MASTER: {successor.name} took over the role")
             node.priority = 1  # ranked last until it is gone, never taken for the MASTER again
-            _set_priorities(cluster, successor.name)
+            infra.set_priorities(cluster, successor.name)
             infra.attach_reserved_ip(txn, cluster, provider, progress)
         progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
         remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
@@ -161,17 +161,6 @@ def _hand_over(
         progress(f"  {node_name} could not hand over ({', '.join(result.failed_hosts)}); going on")
 
 
-def _set_priorities(cluster: Cluster, master: str) -> None:
-    """``master`` gets the MASTER priority; the others keep their order below it."""
-    others = sorted(
-        (n for n in cluster.nodes.values() if n.name != master),
-        key=lambda n: (-n.priority, n.name),
-    )
-    cluster.nodes[master].priority = MASTER_PRIORITY
-    for index, node in enumerate(others):
-        node.priority = BACKUP_PRIORITY - index
-
-
 def activate_node(
     layout: HomeLayout,
     store: StateStore,
@@ -192,16 +181,18 @@ def activate_node(
         provider = get_node_provider(cluster.node_provider, layout)
         progress(f"Health-checking {node_name}")
         rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
+        adopted = infra.adopt_live_master(layout, cluster, progress)
         current = cluster.master
         if current is not None and current is not target:
             progress(f"{node_name} becomes the first backup")
             target.priority = MASTER_PRIORITY - 1
             txn.save()  # the inventory's master/backup groups follow the priorities
-            # Only the target's keepalived file changes.
-            rollout.render_and_sync(layout, cluster, on_event, limit=node_name)
+            # Only the target's keepalived file changes, unless the live MASTER was just adopted.
+            limit = None if adopted else node_name
+            rollout.render_and_sync(layout, cluster, on_event, limit=limit)
             progress(f"{current.name} hands the Reserved IP over to {node_name}")
             _hand_over(layout, cluster, current.name, progress, on_event)
-        _set_priorities(cluster, node_name)
+        infra.set_priorities(cluster, node_name)
         txn.save()
         progress("Rolling out the new priorities")
         rollout.render_and_sync(layout, cluster, on_event)

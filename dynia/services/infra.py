@@ -11,9 +11,12 @@ import time
 from dynia import naming, ssh
 from dynia.errors import VerifyError
 from dynia.paths import HomeLayout
+from dynia.providers import get_node_provider
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.render.variables import master_marker
 from dynia.services import Progress, certificates, rollout
 from dynia.services.rollout import EventSink
+from dynia.ssh import SshError
 from dynia.state import Transaction
 from dynia.state.models import (
     BACKUP_PRIORITY,
@@ -181,6 +184,10 @@ def roll_out_infra(
     )
     cluster.mark_step(STEP_SYNC)
     txn.save()
+    # keepalived runs without preemption: the first node to start may have been elected.
+    if adopt_live_master(layout, cluster, progress):
+        txn.save()
+        rollout.render_and_sync(layout, cluster, on_event)
     attach_reserved_ip(txn, cluster, provider, progress)
 
 
@@ -223,3 +230,55 @@ def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
         f"{timeout:.0f}s ({last_error})",
         hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
     )
+
+
+def adopt_live_master(layout: HomeLayout, cluster: Cluster, progress: Progress) -> bool:
+    """Make the node keepalived elected the MASTER in state too.
+
+    keepalived runs without preemption: a node that failed and came back stays BACKUP, so the
+    node holding the address can differ from the one state ranks first. Handover, activation
+    and the Reserved IP's attachment must start from the real holder. Returns whether the
+    priorities changed (their keepalived files then need a sync).
+    """
+    holder = live_master(layout, cluster)
+    if holder is None or holder is cluster.master:
+        return False
+    progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")
+    set_priorities(cluster, holder.name)
+    return True
+
+
+def live_master(layout: HomeLayout, cluster: Cluster) -> Node | None:
+    """The node that holds the MASTER's address now, asked over SSH; None when none answers."""
+    if cluster.reserved_ip is None:
+        return None
+    api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
+    address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
+    for node in sorted(cluster.nodes.values(), key=lambda n: (-n.priority, n.name)):
+        if not node.public_ip:
+            continue
+        try:
+            done = ssh.run_ssh(
+                node.public_ip,
+                layout.ssh_private_key(cluster.name),
+                layout.known_hosts(cluster.name),
+                ["ip", "-4", "-o", "addr", "show"],
+                timeout=10,
+                check=False,
+            )
+        except SshError:
+            continue  # a dead node holds nothing
+        if f" {address}/" in done.stdout.decode(errors="replace"):
+            return node
+    return None
+
+
+def set_priorities(cluster: Cluster, master: str) -> None:
+    """``master`` gets the MASTER priority; the others keep their order below it."""
+    others = sorted(
+        (n for n in cluster.nodes.values() if n.name != master),
+        key=lambda n: (-n.priority, n.name),
+    )
+    cluster.nodes[master].priority = MASTER_PRIORITY
+    for index, node in enumerate(others):
+        node.priority = BACKUP_PRIORITY - index
