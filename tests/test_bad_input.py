@@ -327,7 +327,7 @@ def test_deeply_nested_state_is_reported_as_invalid(home: Path, depth: int) -> N
         ("services:\n  web: {image: x, ports: [true]}\n", ["port number"]),
         ("services:\n  1: {image: x, expose: ['80']}\n", ["key 1", "not a string"]),
         ("services:\n  web: {image: x, expose: ['80'], environment: {1: a, b: c}}\n", ["key 1"]),
-        ("[" * 5_000 + "]" * 5_000, ["nests too deeply"]),
+        ("[" * 600 + "]" * 600, ["nests too deeply"]),
     ],
 )
 def test_bad_compose_files_are_refused_clearly(text: str, words: list[str]) -> None:

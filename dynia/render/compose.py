@@ -67,11 +67,16 @@ def _check_keys(document: dict[Any, Any], source: str) -> None:
 
     YAML also allows 1: or null: as keys; mixed with names they cannot be sorted when the node's
     compose file is written, so they are refused here, where the operator can fix them.
-    Walked with a stack, not recursion: the document may nest as deep as the parser allowed.
+    Walked with a stack, not recursion: the document may nest as deep as the parser allowed;
+    each node once, as YAML aliases may share one node many times or make it contain itself.
     """
     stack: list[tuple[str, Any]] = [("", document)]
+    seen: set[int] = set()
     while stack:
         path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         if isinstance(node, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
         elif isinstance(node, dict):
