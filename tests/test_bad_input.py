@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -194,15 +193,6 @@ def test_region_and_size_take_only_slugs(home: Path, flag: str, value: str) -> N
 
 def _no_space(*_args: object, **_kwargs: object) -> int:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-@pytest.fixture
-def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every OS-level write fails with ENOSPC (reads and renames still work)."""
-    monkeypatch.setattr(os, "write", _no_space)
-    monkeypatch.setattr(os, "pwrite", _no_space)
-    yield
-    monkeypatch.undo()
 
 
 @pytest.mark.parametrize(
