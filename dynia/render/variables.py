@@ -18,6 +18,10 @@ DIGITALOCEAN_API_URL_ENV = "DIGITALOCEAN_API_URL"
 DIGITALOCEAN_METADATA_URL_ENV = "DIGITALOCEAN_METADATA_URL"
 DEFAULT_DIGITALOCEAN_API_URL = "https://api.digitalocean.com"
 DEFAULT_DIGITALOCEAN_METADATA_URL = "http://169.254.169.254/metadata/v1"
+# The node's hold file (health answers 503 while it exists) and the revision of deploy-config the
+# node runs; the roles dynia_node and dynia_sync use the same paths.
+NODE_HOLD_FILE = "/run/dynia/hold"
+NODE_REVISION_FILE = "/var/lib/dynia/revision"
 # Where the provider moves the Reserved IP by API, keepalived carries no real address, but
 # keepalived 2.x drops (VRRPv3) or rejects in `keepalived -t` (VRRPv2) an instance without one.
 # The MASTER therefore holds a host-local marker address on lo: it satisfies keepalived, shows
@@ -73,6 +77,10 @@ def caddy_vars(cluster: Cluster) -> dict[str, Any]:
         "caddy_health_path": cluster.settings.health_path,
         "caddy_node_name": "{system.hostname}",
         "caddy_sites": caddy_sites(cluster),
+        # The rejoin check at boot (role dynia_node) holds a node that missed a sync.
+        "caddy_health_hold_file": NODE_HOLD_FILE,
+        "caddy_revision_file": NODE_REVISION_FILE,
+        "caddy_revision_path": "/dynia-revision",
         # HAProxy on any node connects from that node's private address.
         "caddy_trusted_peers": sorted(
             (n.private_ip for n in cluster.nodes.values() if n.private_ip),
