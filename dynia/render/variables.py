@@ -36,6 +36,9 @@ def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
     ]
     return {
         "haproxy_maxconn": 4096,
+        "haproxy_chroot": "/var/lib/haproxy",
+        "haproxy_user": "haproxy",
+        "haproxy_group": "haproxy",
         "haproxy_admin_socket": HAPROXY_ADMIN_SOCKET,
         "haproxy_retries": 3,
         "haproxy_check_interval_ms": 500,
@@ -123,6 +126,7 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_vrrp_version": 3,
         "keepalived_unicast_src_ip": node.private_ip,
         "keepalived_unicast_peers": peers,
+        "keepalived_check_unicast_src": True,
         "keepalived_virtual_ipaddresses": vips,
         "keepalived_notify_master_script": notify,
         # A node that comes back stays BACKUP: moving the address back would be a second outage.
