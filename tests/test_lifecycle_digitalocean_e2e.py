@@ -333,6 +333,45 @@ def test_killing_the_master_moves_the_reserved_ip_through_the_notify_script(env:
     assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v1")
 
 
+def test_the_killed_master_comes_back_without_taking_the_reserved_ip(env: Env) -> None:
+    holder = env.reserved_ip_holder()
+    returning = next(
+        n for n in env.state()["nodes"].values() if int(n["provider_id"]) != holder
+        and f"dynia-{env.name}-{n['name']}" in docker_stopped(env.name)
+    )  # fmt: skip
+    posts_before = env.do.statuses(f"/v2/reserved_ips/{env.reserved_ip}/actions", "POST")
+    load = SteadyTraffic(env.reserved_ip, DOMAIN, "/version", env.ca, rate=25)
+    with load:
+        subprocess.run(
+            ["docker", "start", f"dynia-{env.name}-{returning['name']}"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 60
+        while env.node_exec(returning["name"], "systemctl is-active keepalived") != "active":
+            assert time.monotonic() < deadline, "keepalived did not start on the returning node"
+            time.sleep(0.5)
+        time.sleep(5)  # longer than keepalived needs to claim the role, were it to preempt
+    print(
+        f"\n{returning['name']} back: {load.report.sent} requests under load, "
+        f"{load.report.failed} failed"
+    )
+    assert env.do.statuses(f"/v2/reserved_ips/{env.reserved_ip}/actions", "POST") == posts_before
+    assert env.reserved_ip_holder() == holder
+    assert load.report.failed == 0, load.report.failures[:5]
+
+
+def docker_stopped(cluster: str) -> str:
+    """Names of the cluster's node containers that are not running."""
+    filters = ["--filter", "status=exited", "--filter", f"name=dynia-{cluster}-"]
+    return subprocess.run(
+        ["docker", "ps", "-a", *filters, "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_no_token_appears_outside_the_root_only_secret_file(env: Env) -> None:
     deploy_config = env.home / "deploy-config" / env.name
     assert stat.S_IMODE(deploy_config.stat().st_mode) == 0o700
