@@ -31,6 +31,7 @@ from dynia.state.models import (
     Route,
     Service,
     validate_domain,
+    validate_http_path,
     validate_name,
 )
 
@@ -67,6 +68,17 @@ def _checked_domain(value: str) -> str:
         return validate_domain(value)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _check_health_path(value: str) -> None:
+    # HAProxy, Caddy and the nodes' health checks get the path pasted into their configs.
+    try:
+        validate_http_path("--health-path", value)
+    except ValueError as exc:
+        raise UsageError(
+            f"--health-path must start with '/' and be a plain path, got {value!r}",
+            hint=str(exc),
+        ) from exc
 
 
 def _ready_cluster(txn: Transaction, option: str | None) -> Cluster:
@@ -115,8 +127,7 @@ def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
     text = read_compose(request.compose_path)
     document = parse_compose(text, str(request.compose_path))
     facts = inspect_compose(document, request.name, request.container_port)
-    if not request.health_path.startswith("/"):
-        raise UsageError(f"--health-path must start with '/', got {request.health_path!r}")
+    _check_health_path(request.health_path)
     return Service(
         name=request.name,
         compose=text,

@@ -36,11 +36,15 @@ BACKUP_PRIORITY = 100
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _DOMAIN_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# An HTTP path as HAProxy, Caddy and the health checks on the nodes are given it: it is pasted into
+# their configs, so it holds no space, quote, ';', '$' or backtick, only what a plain path needs.
+_HTTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
 
 
 def validate_name(kind: str, value: str) -> str:
     """A cluster, node or service name: 2-32 chars of a-z, 0-9 and '-', starting with a letter."""
-    if not _NAME_RE.match(value or ""):
+    # fullmatch: with match, "$" also matches before a final newline and "web\n" would pass.
+    if not _NAME_RE.fullmatch(value or ""):
         raise ValueError(
             f"invalid {kind} name {value!r}: use 2-32 characters of a-z, 0-9 and '-', "
             "starting with a letter and not ending with '-'"
@@ -55,13 +59,23 @@ def validate_domain(value: str) -> str:
     if (
         len(domain) > 253
         or len(labels) < 2
-        or not all(_DOMAIN_LABEL_RE.match(label) for label in labels)
+        or not all(_DOMAIN_LABEL_RE.fullmatch(label) for label in labels)
         or labels[-1].isdigit()
     ):
         raise ValueError(
             f"invalid domain {value!r}: give a fully qualified name such as app.example.com"
         )
     return domain
+
+
+def validate_http_path(kind: str, value: str) -> str:
+    """A health path: '/' then letters, digits and . _ ~ / - (no query, no spaces)."""
+    if not _HTTP_PATH_RE.fullmatch(value or ""):
+        raise ValueError(
+            f"invalid {kind} {value!r}: it must start with / and hold up to 200 more of a-z, "
+            "A-Z, 0-9 and . _ ~ / - (e.g. /healthz)"
+        )
+    return value
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import types
 import typing
@@ -40,6 +41,23 @@ TOKEN_ENV_VARS = (
     "DYNIA_DO_TOKEN",
     "DYNIA_CF_TOKEN",
 )
+
+
+# Values that reach a config file, a script or known_hosts on the nodes (most of them read or run
+# by root) must match these in full: no newline, quote, ';', '$(...)' or backtick can get through.
+# An address is digits, hex and separators only: Python accepts an IPv6 scope id ("fe80::1%eth0")
+# made of any text, newlines included.
+_IP_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,39}")
+_CIDR_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,39}/[0-9]{1,3}")
+# A Linux interface name is at most 15 bytes.
+_INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+# Compose service names, as the compose specification allows them.
+_COMPOSE_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# Provider names, regions, sizes, network names: provider slugs such as fra1 or s-1vcpu-1gb.
+_SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A pinned host key as known_hosts holds it ("<type> <base64>"): one line, no quotes or '$'.
+_HOST_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@.+/= -]{0,8191}")
+_MAX_ADVERT_INT = 255.0  # keepalived's upper bound, in seconds
 
 
 def _kind(value: Any) -> str:
@@ -164,6 +182,15 @@ def _check_ip(value: str, path: str, allow_empty: bool) -> None:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{path}: {value!r} is not an IP address") from None
+    _check(
+        bool(_IP_CHARS_RE.fullmatch(value)),
+        path,
+        f"{value!r} is not a plain IP address (no scope id, no spaces)",
+    )
+
+
+def _check_pattern(pattern: re.Pattern[str], value: str, path: str, what: str) -> None:
+    _check(bool(pattern.fullmatch(value)), path, f"{value!r} is not {what}")
 
 
 def _check_port(value: int, path: str) -> None:
@@ -179,6 +206,7 @@ def _check_cluster(key: str, cluster: Cluster) -> None:
         f"{cluster.status!r} is not one of {', '.join(models.CLUSTER_STATUSES)}",
     )
     _check(cluster.planned_nodes >= 0, f"{base}.planned_nodes", "must not be negative")
+    _check_slugs(base, cluster)
     for node_key, node in cluster.nodes.items():
         path = f"{base}.nodes.{node_key}"
         _check_name("node", node_key, node.name, path)
@@ -190,18 +218,47 @@ def _check_cluster(key: str, cluster: Cluster) -> None:
         _check(0 <= node.priority <= 255, f"{path}.priority", "must be within 0-255")
         _check_ip(node.public_ip, f"{path}.public_ip", allow_empty=True)
         _check_ip(node.private_ip, f"{path}.private_ip", allow_empty=True)
+        _check_host_keys(node, path)
     if cluster.reserved_ip is not None:
         _check_ip(cluster.reserved_ip.address, f"{base}.reserved_ip.address", allow_empty=False)
     if cluster.network is not None:
-        try:
-            ipaddress.ip_network(cluster.network.subnet, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{base}.network.subnet: {cluster.network.subnet!r} is not a CIDR network"
-            ) from None
+        _check_network(f"{base}.network", cluster.network)
     _check_services(base, cluster)
     _check_routes(base, cluster)
     _check_settings(base, cluster.settings)
+
+
+def _check_slugs(base: str, cluster: Cluster) -> None:
+    for name in ("node_provider", "dns_provider", "region", "size"):
+        _check_pattern(
+            _SLUG_RE, getattr(cluster, name), f"{base}.{name}", "a slug of a-z, 0-9, '.', '_', '-'"
+        )
+
+
+def _check_host_keys(node: models.Node, path: str) -> None:
+    # Each key becomes a known_hosts line: a newline would add a line of its own choosing.
+    for index, key in enumerate(node.host_keys):
+        _check_pattern(
+            _HOST_KEY_RE, key, f"{path}.host_keys[{index}]", "a one-line '<type> <base64>' host key"
+        )
+
+
+def _check_network(path: str, network: models.Network) -> None:
+    _check_pattern(_SLUG_RE, network.name, f"{path}.name", "a network name")
+    try:
+        ipaddress.ip_network(network.subnet, strict=False)
+    except ValueError:
+        raise ValueError(f"{path}.subnet: {network.subnet!r} is not a CIDR network") from None
+    _check_pattern(_CIDR_CHARS_RE, network.subnet, f"{path}.subnet", "a plain CIDR network")
+    # keepalived.conf names the interface unquoted; a newline there would add directives.
+    _check_pattern(
+        _INTERFACE_RE,
+        network.interface,
+        f"{path}.interface",
+        "an interface name (up to 15 of a-z, A-Z, 0-9, '.', '_', '-')",
+    )
+    if network.gateway is not None:
+        _check_ip(network.gateway, f"{path}.gateway", allow_empty=False)
 
 
 def _check_services(base: str, cluster: Cluster) -> None:
@@ -212,7 +269,10 @@ def _check_services(base: str, cluster: Cluster) -> None:
         _check_port(service.internal_port, f"{path}.internal_port")
         _check_port(service.container_port, f"{path}.container_port")
         _check(bool(service.main_service), f"{path}.main_service", "must not be empty")
-        _check(service.health_path.startswith("/"), f"{path}.health_path", "must start with /")
+        _check_pattern(
+            _COMPOSE_SERVICE_RE, service.main_service, f"{path}.main_service", "a compose service"
+        )
+        _check_http_path(service.health_path, f"{path}.health_path")
         other = ports.setdefault(service.internal_port, svc_key)
         _check(
             other == svc_key,
@@ -244,10 +304,37 @@ def _check_routes(base: str, cluster: Cluster) -> None:
 def _check_settings(base: str, settings: models.ClusterSettings) -> None:
     path = f"{base}.settings"
     _check(1 <= settings.vrrp_router_id <= 255, f"{path}.vrrp_router_id", "must be 1-255")
-    _check(settings.vrrp_advert_int > 0, f"{path}.vrrp_advert_int", "must be positive")
+    # JSON as Python reads it also carries Infinity and NaN; keepalived.conf would get them as is.
+    advert = settings.vrrp_advert_int
+    _check(
+        math.isfinite(advert) and 0 < advert <= _MAX_ADVERT_INT,
+        f"{path}.vrrp_advert_int",
+        f"must be a number of seconds above 0 and at most {_MAX_ADVERT_INT:g}",
+    )
     for name in ("caddy_port", "http_port", "https_port"):
         _check_port(getattr(settings, name), f"{path}.{name}")
-    _check(settings.health_path.startswith("/"), f"{path}.health_path", "must start with /")
+    _check_http_path(settings.health_path, f"{path}.health_path")
+    _check(
+        settings.certificate_issuer in models.CERT_ISSUERS,
+        f"{path}.certificate_issuer",
+        f"{settings.certificate_issuer!r} is not one of {', '.join(models.CERT_ISSUERS)}",
+    )
+
+
+def _check_http_path(value: str, path: str) -> None:
+    try:
+        models.validate_http_path("health path", value)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def check_cluster(cluster: Cluster) -> None:
+    """Raise ValueError naming the field if a value of ``cluster`` is malformed or unsafe.
+
+    The renderer runs this again on the cluster it is given: a cluster built in memory, or changed
+    since the state was loaded, never reaches a config file unchecked.
+    """
+    _check_cluster(cluster.name, cluster)
 
 
 def find_secret(data: Any, secrets: list[str], path: str = "") -> str | None:
