@@ -4,7 +4,8 @@
   ``Zone:Read`` and ``DNS:Edit`` on the zones Dynia binds domains in. Only the token is ever
   sent: the SDK would prefer a Global API Key found in ``CLOUDFLARE_API_KEY`` /
   ``CLOUDFLARE_EMAIL``, so the client is built to ignore those.
-* API base URL: ``CLOUDFLARE_BASE_URL`` (the SDK's own variable) or the ``base_url`` argument.
+* API base URL: ``CLOUDFLARE_BASE_URL`` (the SDK's own variable) or the ``base_url`` argument;
+  https only, or plain http to a loopback address (a test API).
 * The zone of a domain is the longest suffix of it that is a zone on the account
   (``app.eu.example.com`` -> ``eu.example.com`` if that is a zone, else ``example.com``).
 * Records Dynia writes carry the comment ``managed by dynia``; ``delete_a_record`` removes only
@@ -35,6 +36,7 @@ from typing import Any
 import cloudflare
 from cloudflare import Cloudflare
 
+from dynia.endpoints import LOOPBACK, check_endpoint
 from dynia.errors import ProviderError
 from dynia.providers.base import DnsRecord, Zone
 from dynia.providers.credentials import Secret, lookup_token
@@ -64,6 +66,11 @@ def _log_progress(message: str) -> None:
     # Without a progress sink from the caller, a warning still reaches stderr (logging's
     # last-resort handler), so a long wait is never silent.
     log.warning("%s", message)
+
+
+def _checked_base_url(url: str | None) -> str | None:
+    """The API base URL: https, or plain http to this machine only (a test API)."""
+    return None if url is None else check_endpoint(BASE_URL_ENV, url, LOOPBACK)
 
 
 class _TokenOnlyClient(Cloudflare):
@@ -97,7 +104,7 @@ class _Api:
     ) -> None:
         secret = Secret(token) if isinstance(token, str) else token
         secret = secret or lookup_token(TOKEN_ENV, scopes_hint=scopes)
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self.base_url = _checked_base_url(base_url or os.environ.get(BASE_URL_ENV) or None)
         # SDK retries off: it re-sends creates blindly and caps Retry-After at 60 s.
         self.client = _TokenOnlyClient(
             api_token=secret.reveal(), base_url=self.base_url, max_retries=0, timeout=timeout

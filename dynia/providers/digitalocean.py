@@ -58,7 +58,8 @@ from azure.core.pipeline.policies import HeadersPolicy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dynia.errors import ProviderError
+from dynia.endpoints import check_url_shape
+from dynia.errors import ProviderError, UsageError
 from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
 from dynia.providers.credentials import Secret, lookup_token
 
@@ -175,6 +176,11 @@ def _is_missing(body: Any) -> bool:
 
 
 def _check_endpoint(url: str) -> str:
+    # The same URL is written into the nodes' notify-master script: it must be a plain URL.
+    try:
+        check_url_shape(API_URL_ENV, url)
+    except UsageError as exc:
+        raise ProviderError(exc.message, exc.hint) from exc
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ProviderError(

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from typing import Any
 
+from dynia.endpoints import PRIVATE, check_endpoint
 from dynia.state.models import Cluster, Node
 
 HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"
@@ -148,7 +149,10 @@ def notify_master_vars(cluster: Cluster) -> dict[str, Any]:
     )
     return {
         "dynia_do_reserved_ip": cluster.reserved_ip.address,
-        "dynia_do_api_url": api_url.rstrip("/"),
-        "dynia_do_metadata_url": metadata_url.rstrip("/"),
+        # Both go into a script root runs: plain URLs only, https unless the host is local.
+        "dynia_do_api_url": check_endpoint(DIGITALOCEAN_API_URL_ENV, api_url, PRIVATE),
+        "dynia_do_metadata_url": check_endpoint(
+            DIGITALOCEAN_METADATA_URL_ENV, metadata_url, PRIVATE
+        ),
         "dynia_do_token_file": DIGITALOCEAN_TOKEN_TARGET,
     }
