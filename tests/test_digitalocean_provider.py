@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +22,7 @@ from fakes import FakeDigitalOcean
 from dynia.errors import ProviderError
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
 from dynia.providers.digitalocean import DigitalOceanNodeProvider, RetryPolicy, Timeouts
+from dynia.render.renderer import template_environment
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Timeouts(active=10, ssh=10, action=1.5, vpc_release=1.0, poll_interval=0.05)
@@ -359,9 +359,7 @@ def _render_script(tmp_path: Path, fake: FakeDigitalOcean, address: str, metadat
     token_file = tmp_path / "do-token"
     token_file.write_text(fake.token + "\n")
     token_file.chmod(0o600)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined
-    )
+    env = template_environment([REPO / "templates"])  # the renderer's, with its quote filter
     text = env.get_template("keepalived/notify-master-digitalocean.sh.j2").render(
         dynia_do_reserved_ip=address,
         dynia_do_api_url=fake.api_url,

@@ -109,11 +109,16 @@ def test_rendered_configs_pass_their_programs_validation(layout: HomeLayout) -> 
     assert {"haproxy", "caddy", "keepalived", "docker-compose"} <= checked
 
 
-def test_invalid_config_fails_validation_and_keeps_previous_folder(layout: HomeLayout) -> None:
+def test_invalid_config_fails_validation_and_keeps_previous_folder(
+    layout: HomeLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cluster = sample_cluster()
     render_cluster(layout, cluster)
     before = tree_bytes(layout.deploy_config_dir("demo"))
     cluster.settings.caddy_port = 70000  # no program accepts this port
+    # The render's own input check refuses it first (tests/test_injection.py); without that
+    # check the programs' validation must still catch it.
+    monkeypatch.setattr("dynia.render.renderer.check_render_inputs", lambda *_: None)
     with pytest.raises(RenderError, match="validation"):
         render_cluster(layout, cluster)
     assert tree_bytes(layout.deploy_config_dir("demo")) == before

@@ -1,7 +1,10 @@
 """Turn an operator's compose file into the one Dynia runs on every node.
 
 The main service gets exactly one published port, on 127.0.0.1 at the port Dynia assigned, so
-Caddy can reach it and nothing else can; everything else in the file is kept as written.
+Caddy can reach it and nothing else can. Ports the other services publish are bound to
+127.0.0.1 too, unless the entry names an address itself ("0.0.0.0:5432:5432", ``host_ip``):
+Docker publishes on every interface by default, past the host firewall. Everything else in the
+file is kept as written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 import yaml
 
 from dynia.errors import RenderError, UsageError
+
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,27 @@ def inspect_compose(
     return ComposeFacts(main_service=main, container_port=port, images=images)
 
 
+def loopback_port(entry: Any) -> Any:
+    """A ``ports`` entry published on 127.0.0.1 unless it names its host address itself.
+
+    Short form "[HOST:]PUBLISHED:TARGET[/PROTO]" or "TARGET": with two colons (or an IPv6
+    address in brackets) the host address is given; otherwise 127.0.0.1 is put in front
+    ("127.0.0.1::TARGET" keeps Docker's random published port). Long form: ``host_ip`` is set
+    when absent. Anything else is left for compose to judge.
+    """
+    if isinstance(entry, dict):
+        return entry if "host_ip" in entry else {**entry, "host_ip": LOOPBACK}
+    if isinstance(entry, bool) or not isinstance(entry, (int, str)):
+        return entry
+    text = str(entry)
+    ports = text.split("/", 1)[0]
+    if text.startswith("[") or ports.count(":") >= 2:
+        return entry
+    if ports.count(":") == 1:
+        return f"{LOOPBACK}:{text}"
+    return f"{LOOPBACK}::{text}"
+
+
 def node_compose(
     document: dict[str, Any],
     main_service: str,
@@ -162,8 +188,11 @@ def node_compose(
             hint="deploy the service again with `dynia deploy --name <service> --compose <file>` "
             "so the recorded main service matches its compose file",
         )
+    for name, body in services.items():
+        if name != main_service and isinstance(body.get("ports"), list):
+            body["ports"] = [loopback_port(entry) for entry in body["ports"]]
     main = services[main_service]
-    main["ports"] = [f"127.0.0.1:{internal_port}:{container_port}"]
+    main["ports"] = [f"{LOOPBACK}:{internal_port}:{container_port}"]
     for body in services.values():
         body.setdefault("restart", "unless-stopped")
     rendered = {key: value for key, value in document.items() if key != "version"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from dynia.providers.credentials import Secret, lookup_token
 from dynia.render import variables
 from dynia.render.compose import node_compose, parse_compose
 from dynia.state.models import Cluster
+from dynia.state.validation import check_cluster
 
 MANIFEST_SCHEMA = 1
 # Written into every rendered folder: `render --output` replaces a non-empty folder only when it
@@ -80,8 +82,14 @@ class RenderResult:
         return self.directory / "metadata.json"
 
 
-def _environment(search_path: list[Path]) -> jinja2.Environment:
-    return jinja2.Environment(
+def shell_quote(value: object) -> str:
+    """Jinja filter ``quote`` (as Ansible names it): one shell word, whatever ``value`` holds."""
+    return shlex.quote(str(value))
+
+
+def template_environment(search_path: list[Path]) -> jinja2.Environment:
+    """The Jinja2 environment every Dynia template is rendered in."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -89,6 +97,32 @@ def _environment(search_path: list[Path]) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["quote"] = shell_quote
+    return env
+
+
+def check_render_inputs(cluster: Cluster, layout: HomeLayout) -> None:
+    """Refuse, before anything is written, a value that would change what a rendered file says.
+
+    State is checked when it is loaded; this runs the same checks on the cluster as it is now,
+    so a value set in memory since (or a hand-built cluster) cannot reach a config file either.
+    """
+    try:
+        check_cluster(cluster)
+    except ValueError as exc:
+        raise RenderError(
+            f"refusing to render cluster {cluster.name!r}: {exc}",
+            hint="nothing was rendered; correct the value in state.json (or the input that set "
+            "it) and render again",
+        ) from exc
+    # The home's paths are written into ansible.cfg and the playbooks: one line each.
+    root = str(layout.root)
+    if any(ord(char) < 32 or ord(char) == 127 for char in root):
+        raise RenderError(
+            f"refusing to render cluster {cluster.name!r}: the dynia home {root!r} holds a "
+            "control character",
+            hint="use a home path without newlines or control characters (--home, DYNIA_HOME)",
+        )
 
 
 def _render(env: jinja2.Environment, template: str, context: dict[str, Any]) -> bytes:
@@ -115,10 +149,11 @@ class Renderer:
         self.layout = layout
         self.roles_dir = shipped_dir("roles")
         self.templates_dir = shipped_dir("templates")
-        self.env = _environment([self.roles_dir, self.templates_dir])
+        self.env = template_environment([self.roles_dir, self.templates_dir])
 
     def node_files(self, cluster: Cluster) -> list[RenderedFile]:
         """Every file that goes to nodes, sorted by (target, source)."""
+        check_render_inputs(cluster, self.layout)
         nodes = tuple(sorted(cluster.nodes))
         cert = self.layout.tls_dir(cluster.name) / "cluster.pem"
         with_tls = cert.is_file()
@@ -243,6 +278,8 @@ class Renderer:
                     content.encode(),
                     f"service:{name}",
                     nodes,
+                    # Root only: a compose file may carry credentials in its environment.
+                    mode="0600",
                 )
             )
         return files
