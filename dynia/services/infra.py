@@ -184,11 +184,25 @@ def roll_out_infra(
     )
     cluster.mark_step(STEP_SYNC)
     txn.save()
-    # keepalived runs without preemption: the first node to start may have been elected.
-    if adopt_live_master(layout, cluster, progress):
+    record_elected_master(layout, txn, cluster, progress, on_event)
+    attach_reserved_ip(txn, cluster, provider, progress)
+
+
+def record_elected_master(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """After keepalived (re)started on every node, make state's MASTER the node it elected.
+
+    Without preemption the first node to start wins, whatever its priority; the new
+    priorities roll out so the files on the nodes match state again.
+    """
+    if adopt_live_master(layout, cluster, progress, wait=15):
         txn.save()
         rollout.render_and_sync(layout, cluster, on_event)
-    attach_reserved_ip(txn, cluster, provider, progress)
 
 
 def attach_reserved_ip(
@@ -232,15 +246,22 @@ def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
     )
 
 
-def adopt_live_master(layout: HomeLayout, cluster: Cluster, progress: Progress) -> bool:
+def adopt_live_master(
+    layout: HomeLayout, cluster: Cluster, progress: Progress, wait: float = 0.0
+) -> bool:
     """Make the node keepalived elected the MASTER in state too.
 
     keepalived runs without preemption: a node that failed and came back stays BACKUP, so the
     node holding the address can differ from the one state ranks first. Handover, activation
     and the Reserved IP's attachment must start from the real holder. Returns whether the
-    priorities changed (their keepalived files then need a sync).
+    priorities changed (their keepalived files then need a sync). ``wait``: seconds to give
+    keepalived to elect a MASTER when no node holds the address yet (keepalived just started).
     """
+    deadline = time.monotonic() + wait
     holder = live_master(layout, cluster)
+    while holder is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        holder = live_master(layout, cluster)
     if holder is None or holder is cluster.master:
         return False
     progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")

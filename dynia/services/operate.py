@@ -93,6 +93,8 @@ def repair(
         report = rollout.drift_check(layout, cluster, on_event)
         rollout.mark_sync_outcome(cluster, report)
         txn.save()
+        # Restarting keepalived everywhere may have moved the MASTER role.
+        infra.record_elected_master(layout, txn, cluster, progress, on_event)
         infra.attach_reserved_ip(txn, cluster, provider, progress)
         return report
 
