@@ -44,7 +44,7 @@ def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
         "haproxy_retries": 3,
         "haproxy_check_interval_ms": 500,
         "haproxy_connect_timeout_ms": 500,
-        "haproxy_check_timeout_ms": 500,
+        "haproxy_check_timeout_ms": 1000,
         "haproxy_check_fall": 2,
         "haproxy_check_rise": 2,
         "haproxy_hard_stop_after_s": 30,
