@@ -259,10 +259,10 @@ def test_handover_by_hand_moves_the_reserved_ip_to_the_first_backup(
         assert "dynia handover" not in cluster.ssh(master.name, "iptables -S INPUT")
     finally:
         cluster.ssh(master.name, "systemctl start keepalived")
-    deadline = time.monotonic() + 10
-    while holders() != [master.name] and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert holders() == [master.name]
+    # keepalived runs without preemption: the old MASTER comes back as a BACKUP and the address
+    # does not move a second time.
+    time.sleep(3)
+    assert holders() == [first_backup.name]
 
 
 def test_a_sync_killed_half_way_is_reported_and_the_next_sync_finishes_it(
