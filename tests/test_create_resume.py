@@ -160,6 +160,9 @@ class Cluster:
             text=True,
             env=self.env,
             start_new_session=True,  # a group of its own, like a command run from a shell
+            # Ctrl-C reaches a command typed in a terminal even when this test runs where SIGINT
+            # is ignored (a background job inherits SIG_IGN, and Python then keeps it).
+            preexec_fn=_default_sigint,
         )
         running = Running(process)
         self.started.append(running)
@@ -219,6 +222,10 @@ class Cluster:
         master = max(state["nodes"].values(), key=lambda n: (n["priority"], n["name"]))["name"]
         assert self.vip_holders(settle=20) == [master]
         return state
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def docker(*args: str) -> str:
