@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from dynia import ssh
 from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for, get_node_provider
@@ -208,17 +207,9 @@ def _wait_until_holder(
 ) -> None:
     """Check on the node itself that keepalived gave it the Reserved IP."""
     assert cluster.reserved_ip is not None
-    address = f" {cluster.reserved_ip.address}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = ssh.run_ssh(
-            node.public_ip,
-            layout.ssh_private_key(cluster.name),
-            layout.known_hosts(cluster.name),
-            ["ip", "-4", "-o", "addr", "show"],
-            check=False,
-        )
-        if address in done.stdout.decode():
+        if infra.holds_master_address(layout, cluster, node):
             return
         time.sleep(0.5)
     raise VerifyError(

@@ -271,27 +271,31 @@ def adopt_live_master(
 
 def live_master(layout: HomeLayout, cluster: Cluster) -> Node | None:
     """The node that holds the MASTER's address now, asked over SSH; None when none answers."""
-    if cluster.reserved_ip is None:
-        return None
-    api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
-    address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
     for node in sorted(cluster.nodes.values(), key=lambda n: (-n.priority, n.name)):
-        if not node.public_ip:
-            continue
-        try:
-            done = ssh.run_ssh(
-                node.public_ip,
-                layout.ssh_private_key(cluster.name),
-                layout.known_hosts(cluster.name),
-                ["ip", "-4", "-o", "addr", "show"],
-                timeout=10,
-                check=False,
-            )
-        except SshError:
-            continue  # a dead node holds nothing
-        if f" {address}/" in done.stdout.decode(errors="replace"):
+        if holds_master_address(layout, cluster, node):
             return node
     return None
+
+
+def holds_master_address(layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
+    """Whether keepalived gave ``node`` the MASTER's address: the Reserved IP itself, or in API
+    mode the MASTER's marker on lo. A node that cannot be reached holds nothing."""
+    if cluster.reserved_ip is None or not node.public_ip:
+        return False
+    api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
+    address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
+    try:
+        done = ssh.run_ssh(
+            node.public_ip,
+            layout.ssh_private_key(cluster.name),
+            layout.known_hosts(cluster.name),
+            ["ip", "-4", "-o", "addr", "show"],
+            timeout=10,
+            check=False,
+        )
+    except SshError:
+        return False
+    return f" {address}/" in done.stdout.decode(errors="replace")
 
 
 def set_priorities(cluster: Cluster, master: str) -> None:
