@@ -11,6 +11,9 @@ from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_HOME = Path("~/.dynia")
+# The inventory config in deploy-config/<cluster>/; the dynia inventory plugin reads only files
+# named dynia.yml or *.dynia.yml, so the name is part of the contract.
+INVENTORY_FILE = "inventory.dynia.yml"
 
 
 def shipped_dir(name: str) -> Path:

@@ -20,7 +20,8 @@ description:
     cluster with its SSH connection settings (per-cluster key, pinned known_hosts, host-key
     checking always on), the groups C(dynia_<cluster>), C(master), C(backup),
     C(provider_<node provider>), and the variables Dynia's roles need.
-  - The config file is any C(.yml)/C(.yaml) file whose C(plugin) key is C(dynia).
+  - The config file is named C(dynia.yml) or C(<anything>.dynia.yml) (C(.yaml) works too) and
+    its C(plugin) key is C(dynia); Ansible's other inventory files are left to their own plugins.
 extends_documentation_fragment:
   - constructed
 options:
@@ -52,7 +53,7 @@ options:
 """
 
 EXAMPLES = r"""
-# inventory.yml
+# inventory.dynia.yml
 plugin: dynia
 home: /home/ops/.dynia
 cluster: prod
@@ -62,11 +63,20 @@ keyed_groups:
 """
 
 
+CONFIG_NAMES = ("dynia.yml", "dynia.yaml")
+
+
+def is_config_name(path: str) -> bool:
+    """``dynia.yml`` or ``*.dynia.yml``: the plugin claims only files named for it, as aws_ec2."""
+    name = os.path.basename(path)
+    return name in CONFIG_NAMES or name.endswith(tuple("." + n for n in CONFIG_NAMES))
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable):
     NAME = "dynia"
 
     def verify_file(self, path: str) -> bool:
-        return super().verify_file(path) and path.endswith((".yml", ".yaml"))
+        return super().verify_file(path) and is_config_name(path)
 
     def parse(self, inventory, loader, path, cache=True):  # type: ignore[no-untyped-def]
         super().parse(inventory, loader, path, cache)

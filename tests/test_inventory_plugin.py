@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import yaml
+from sample_state import save_sample
 
-from dynia.paths import HomeLayout, shipped_dir
+from dynia.paths import INVENTORY_FILE, HomeLayout, shipped_dir
+from dynia.render.renderer import Renderer
+from dynia.runner.run import _inventory_hosts
 from dynia.state.models import Cluster, Node, State
 from dynia.state.store import StateStore
 
@@ -44,22 +50,86 @@ def _hostvars(inventory: dict, host: str) -> dict:
     return {key: _plain(value) for key, value in inventory["_meta"]["hostvars"][host].items()}
 
 
-def _inventory(tmp_path: Path, config: dict) -> subprocess.CompletedProcess[str]:
-    source = tmp_path / "dynia.yml"
+def _inventory(
+    tmp_path: Path, config: dict, name: str = "dynia.yml"
+) -> subprocess.CompletedProcess[str]:
+    source = tmp_path / name
     source.write_text(yaml.safe_dump({"plugin": "dynia", **config}))
-    return subprocess.run(
-        [str(ANSIBLE_INVENTORY), "-i", str(source), "--list"],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
+    return _ansible_inventory(tmp_path, "-i", str(source), "--list")
+
+
+def _ansible_inventory(
+    tmp_path: Path, *args: str, cwd: Path | None = None, plugin_env: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    if plugin_env:
+        env |= {
             "ANSIBLE_INVENTORY_PLUGINS": str(shipped_dir("inventory_plugins")),
             "ANSIBLE_INVENTORY_ENABLED": "dynia",
             "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
-        },
+        }
+    return subprocess.run(
+        [str(ANSIBLE_INVENTORY), *args],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def _plugin_module() -> ModuleType:
+    """The plugin file as Ansible loads it: a standalone module, not part of the dynia package."""
+    path = shipped_dir("inventory_plugins") / "dynia.py"
+    spec = importlib.util.spec_from_file_location("dynia_inventory_plugin", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "claimed"),
+    [
+        ("dynia.yml", True),
+        ("dynia.yaml", True),
+        ("prod.dynia.yml", True),
+        ("inventory.dynia.yaml", True),
+        ("inventory.yml", False),
+        ("hosts.yaml", False),
+        ("mydynia.yml", False),
+        ("dynia.yml.bak", False),
+        ("dynia.json", False),
+    ],
+)
+def test_plugin_claims_only_files_named_for_it(tmp_path: Path, name: str, claimed: bool) -> None:
+    config = tmp_path / name
+    config.write_text("plugin: dynia\ncluster: prod\n")
+    assert _plugin_module().InventoryModule().verify_file(str(config)) is claimed
+
+
+def test_a_plain_inventory_yml_is_left_to_other_plugins(tmp_path: Path) -> None:
+    layout = _home(tmp_path)
+    proc = _inventory(
+        tmp_path, {"home": str(layout.root), "cluster": "prod-eu"}, name="inventory.yml"
+    )
+    assert proc.returncode != 0
+    assert "Unable to parse" in proc.stderr and "inventory.yml" in proc.stderr
+
+
+def test_rendered_project_reaches_the_nodes_through_its_inventory(tmp_path: Path) -> None:
+    """The operator's view: ansible-inventory in deploy-config/<cluster>, no options, no env."""
+    layout = HomeLayout(tmp_path / "home")
+    cluster = save_sample(layout.root)
+    project = Renderer(layout).render(cluster).directory
+    assert (project / INVENTORY_FILE).is_file()
+    assert not (project / "inventory.yml").exists()
+    proc = _ansible_inventory(tmp_path, "--graph", cwd=project, plugin_env=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"@dynia_{cluster.name}" in proc.stdout
+    assert all(node in proc.stdout for node in cluster.nodes)
+    # The runner reads the same file to number nodes in progress lines ("node 2/3").
+    assert _inventory_hosts(project, None) == sorted(cluster.nodes)
 
 
 def test_nodes_groups_and_connection_vars(tmp_path: Path) -> None:

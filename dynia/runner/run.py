@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from dynia.errors import RunnerError
+from dynia.paths import INVENTORY_FILE
 from dynia.runner.events import EventCollector, PlaybookResult, ProgressEvent
 
 
@@ -141,7 +142,7 @@ def _check_project(project_dir: Path, playbook: str) -> None:
 def _inventory_hosts(project_dir: Path, limit: str | None) -> list[str]:
     """Node names of the project's dynia inventory, sorted; empty when it cannot tell."""
     try:
-        config = yaml.safe_load((project_dir / "inventory.yml").read_text())
+        config = yaml.safe_load((project_dir / INVENTORY_FILE).read_text())
         state = json.loads(Path(config["state_file"]).read_text())
         names = sorted(state["clusters"][config["cluster"]]["nodes"])
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
