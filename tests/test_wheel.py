@@ -15,6 +15,8 @@ import zipfile
 from collections.abc import Iterator
 from configparser import ConfigParser
 from dataclasses import dataclass
+from email.message import Message
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,29 @@ def test_wheel_carries_the_ansible_content(wheel_install: WheelInstall) -> None:
     ):
         assert member in names, f"{member} is missing from {wheel_install.wheel.name}"
     assert any(n.startswith("dynia/_data/templates/") for n in names)
+
+
+def _wheel_metadata(wheel: Path) -> tuple[Message, set[str], zipfile.ZipFile]:
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+    return Parser().parsestr(archive.read(metadata).decode()), names, archive
+
+
+def test_wheel_metadata_is_what_pypi_shows(wheel_install: WheelInstall) -> None:
+    """Licence, people, README as the project page, classifiers and keywords travel in the wheel."""
+    metadata, names, archive = _wheel_metadata(wheel_install.wheel)
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata["License-File"] == "LICENSE"
+    (licence,) = (n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert archive.read(licence).decode().startswith("MIT License")
+    assert metadata["Author"] and metadata["Maintainer"]
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert metadata.get_payload().startswith("# Dynia")
+    classifiers = metadata.get_all("Classifier")
+    assert "Programming Language :: Python :: 3.11" in classifiers
+    assert "Intended Audience :: System Administrators" in classifiers
+    assert "ansible" in metadata["Keywords"].split(",")
 
 
 def test_render_from_the_wheel_points_ansible_at_the_installed_roles(
