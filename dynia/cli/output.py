@@ -40,8 +40,7 @@ def event_sink() -> object | None:
     """A live per-node progress printer for playbook runs."""
     from dynia.cli.progress import ProgressPrinter
 
-    ctx = click.get_current_context()
-    printer = ProgressPrinter(color=ctx.color)
+    printer = ProgressPrinter()
     # Closed when the command ends, also on error: the error message gets a line of its own.
-    ctx.call_on_close(printer.close)
+    click.get_current_context().call_on_close(printer.close)
     return printer

@@ -7,6 +7,8 @@ headers on every answer, errors as ``{"id": ..., "message": ...}``.
 Endpoints: ``/v2/account``; ``/v2/account/keys`` (list, create, get/delete by id or
 fingerprint); ``/v2/droplets`` (list with ``tag_name`` or ``name``, create single, get, destroy);
 ``/v2/vpcs`` (list, create, get, delete: 409 while it has members, as the live API answers);
+``/v2/firewalls`` (list, create, get, update, delete; a firewall may name only tags that exist,
+conservatively: droplet creates and ``POST /v2/tags`` make tags);
 ``/v2/reserved_ips`` (list, create by region or droplet, get, delete) and its ``/actions``
 (assign, unassign, list, get);
 ``/v2/actions/{id}``. Also the droplet metadata service's ``GET /metadata/v1/id`` (no token):
@@ -29,6 +31,10 @@ Fault injection (all on the fake object, all counted per request):
 effect, then the answer is a 5xx), ``stall(seconds, ...)`` (a hung API),
 ``reject_token()`` / ``accept_token()``, ``droplet_limit`` (quota on create), ``stall_actions``
 (actions stay ``in-progress`` forever), plus the generic ``inject(status, ...)``.
+
+Custom-scoped tokens: ``add_scoped_token(token, {"reserved_ip:read", ...})`` makes the fake
+accept a second token for only those scopes (``<resource>:<create|read|update|delete>``, as the
+control panel names them); any other request with it is answered 403, as DigitalOcean does.
 """
 
 from __future__ import annotations
@@ -65,8 +71,19 @@ _ERROR_IDS = {
     500: "server_error",
     503: "service_unavailable",
 }
+# First path segment after /v2 -> the scope resource of DigitalOcean's custom-scoped tokens.
+_SCOPE_RESOURCES = {
+    "account": "account",
+    "actions": "actions",
+    "droplets": "droplet",
+    "firewalls": "firewall",
+    "reserved_ips": "reserved_ip",
+    "vpcs": "vpc",
+}
+_SCOPE_VERBS = {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}
 _ERROR_MESSAGES = {
     401: "Unable to authenticate you",
+    403: "You are not authorized to perform this operation",
     404: "The resource you were accessing could not be found.",
     405: "Method not allowed",
     429: "API Rate limit exceeded.",
@@ -298,10 +315,13 @@ class FakeDigitalOcean(FakeApiServer):
         self.vpcs: dict[str, dict[str, Any]] = {}
         self.ssh_keys: dict[int, dict[str, Any]] = {}
         self.reserved_ips: dict[str, dict[str, Any]] = {}
+        self.firewalls: dict[str, dict[str, Any]] = {}
+        self.tags: set[str] = set()
         self.actions: dict[int, _Action] = {}
         self._ids = itertools.count(3164444)
         self._vpc_ranges = itertools.count(0)
         self._accepted_token = token
+        self.scoped_tokens: dict[str, frozenset[str]] = {}
         self._ratelimit_remaining = 5000
         self._ticker_stop = threading.Event()
         self._register_routes()
@@ -375,10 +395,38 @@ class FakeDigitalOcean(FakeApiServer):
     def accept_token(self) -> None:
         self._accepted_token = self.token
 
+    def add_scoped_token(self, token: str, scopes: set[str]) -> None:
+        """Accept ``token`` too, for ``scopes`` only (e.g. ``{"reserved_ip:update"}``)."""
+        self.scoped_tokens[token] = frozenset(scopes)
+
     def authorized(self, request: Request) -> bool:
         if request.path.startswith("/metadata/"):
             return True  # the metadata service needs no token, as on a droplet
-        return request.headers.get("authorization", "") == f"Bearer {self._accepted_token}"
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+        return sent == self._accepted_token or sent in self.scoped_tokens
+
+    def _serve(self, request: Request) -> tuple[str, Response]:
+        missing = self._missing_scope(request)
+        if missing is not None:
+            message = f"You are not authorized to perform this operation ({missing})"
+            return self._template_of(request), self._error(403, message)
+        return super()._serve(request)
+
+    def _missing_scope(self, request: Request) -> str | None:
+        """The scope a custom-scoped token lacks for ``request``; None when it may proceed."""
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+        scopes = self.scoped_tokens.get(sent)
+        if scopes is None or sent == self._accepted_token:
+            return None
+        parts = request.path.split("/")  # "", "v2", resource, ...
+        resource = "ssh_key" if parts[2:4] == ["account", "keys"] else None
+        resource = resource or _SCOPE_RESOURCES.get(parts[2] if len(parts) > 2 else "", "?")
+        verb = _SCOPE_VERBS.get(request.method, "?")
+        # Moving a reserved IP is an action on it: the "update" scope, not "create".
+        if resource == "reserved_ip" and request.method == "POST" and len(parts) > 4:
+            verb = "update"
+        scope = f"{resource}:{verb}"
+        return None if scope in scopes else scope
 
     # -- shared answers ----------------------------------------------------------------------
 
@@ -493,6 +541,12 @@ class FakeDigitalOcean(FakeApiServer):
         self.route("POST", "/v2/vpcs", self._vpcs_create)
         self.route("GET", "/v2/vpcs/{vpc_id}", self._vpcs_get)
         self.route("DELETE", "/v2/vpcs/{vpc_id}", self._vpcs_delete)
+        self.route("GET", "/v2/firewalls", self._firewalls_list)
+        self.route("POST", "/v2/firewalls", self._firewalls_create)
+        self.route("GET", "/v2/firewalls/{firewall_id}", self._firewalls_get)
+        self.route("PUT", "/v2/firewalls/{firewall_id}", self._firewalls_update)
+        self.route("DELETE", "/v2/firewalls/{firewall_id}", self._firewalls_delete)
+        self.route("POST", "/v2/tags", self._tags_create)
         self.route("GET", "/v2/reserved_ips", self._rips_list)
         self.route("POST", "/v2/reserved_ips", self._rips_create)
         self.route("GET", "/v2/reserved_ips/{reserved_ip}", self._rips_get)
@@ -653,6 +707,7 @@ class FakeDigitalOcean(FakeApiServer):
             "private_ip": None,
         }
         self.droplets[droplet_id] = record
+        self.tags.update(record["tags"])  # tagging a droplet creates the tag, as on DO
         action = self._new_action("create", droplet_id, "droplet", region)
         action.stalled = True  # completed by the boot thread, not by the clock
         spec = DropletRequest(
@@ -728,6 +783,90 @@ class FakeDigitalOcean(FakeApiServer):
                 rip["droplet_id"] = None
                 self.backend.assign_reserved_ip(rip["ip"], None)
         self.backend.delete(droplet_id)
+        return Response(204)
+
+    # firewalls and tags
+
+    def _tags_create(self, request: Request) -> Response:
+        body = request.body if isinstance(request.body, dict) else {}
+        name = str(body.get("name") or "")
+        if not _TAG_RE.match(name):
+            return self._error(422, f"tag name must match {_TAG_RE.pattern}")
+        self.tags.add(name)  # creating a tag that exists answers it again
+        resources = {"count": 0, "droplets": {"count": 0}}
+        return Response(201, {"tag": {"name": name, "resources": resources}})
+
+    def _firewall_problem(self, body: dict[str, Any]) -> str | None:
+        unknown = [t for t in body.get("tags") or [] if t not in self.tags]
+        if unknown:
+            return f"tag {unknown[0]} not found"
+        for key, target in (("inbound_rules", "sources"), ("outbound_rules", "destinations")):
+            for rule in body.get(key) or []:
+                if not any((rule.get(target) or {}).values()):
+                    return f"each of {key} needs at least one of its {target}"
+                if rule["protocol"] != "icmp" and not re.fullmatch(
+                    r"0|all|\d{1,5}(-\d{1,5})?", str(rule.get("ports"))
+                ):
+                    return f"ports {rule.get('ports')!r} is not a port, a range or 0"
+        missing = [d for d in body.get("droplet_ids") or [] if d not in self.droplets]
+        return f"droplet {missing[0]} not found" if missing else None
+
+    def _firewall_record(self, body: dict[str, Any], firewall_id: str) -> dict[str, Any]:
+        def rules(key: str) -> list[dict[str, Any]]:
+            # The API answers "0" as the ports of an ICMP rule.
+            return [
+                {**r, "ports": "0" if r["protocol"] == "icmp" else str(r["ports"])}
+                for r in body.get(key) or []
+            ]
+
+        return {
+            "id": firewall_id,
+            "name": body["name"],
+            "status": "succeeded",
+            "created_at": now_iso(),
+            "pending_changes": [],
+            "droplet_ids": list(body.get("droplet_ids") or []),
+            "tags": list(dict.fromkeys(body.get("tags") or [])),
+            "inbound_rules": rules("inbound_rules"),
+            "outbound_rules": rules("outbound_rules"),
+        }
+
+    def _firewalls_list(self, request: Request) -> Response:
+        return self._page(request, "firewalls", [dict(f) for f in self.firewalls.values()])
+
+    def _firewalls_create(self, request: Request) -> Response:
+        body = request.body if isinstance(request.body, dict) else {}
+        problem = self._firewall_problem(body)
+        if problem:
+            return self._error(422, problem)
+        record = self._firewall_record(body, str(uuid.uuid4()))
+        record["status"] = "waiting"  # applying to droplets takes a moment on DO
+        self.firewalls[record["id"]] = record
+        return Response(202, {"firewall": dict(record)})
+
+    def _firewalls_get(self, request: Request) -> Response:
+        record = self.firewalls.get(request.params["firewall_id"])
+        if record is None:
+            return self._error(404)
+        record["status"] = "succeeded"
+        return Response(200, {"firewall": dict(record)})
+
+    def _firewalls_update(self, request: Request) -> Response:
+        record = self.firewalls.get(request.params["firewall_id"])
+        if record is None:
+            return self._error(404)
+        body = request.body if isinstance(request.body, dict) else {}
+        problem = self._firewall_problem(body)
+        if problem:
+            return self._error(422, problem)
+        updated = self._firewall_record(body, record["id"])
+        updated["created_at"] = record["created_at"]
+        self.firewalls[record["id"]] = updated
+        return Response(200, {"firewall": dict(updated)})
+
+    def _firewalls_delete(self, request: Request) -> Response:
+        if self.firewalls.pop(request.params["firewall_id"], None) is None:
+            return self._error(404)
         return Response(204)
 
     # vpcs

@@ -30,12 +30,15 @@ PATHS = (
     "/v2/actions/{action_id}",
     "/v2/droplets",
     "/v2/droplets/{droplet_id}",
+    "/v2/firewalls",
+    "/v2/firewalls/{firewall_id}",
     "/v2/vpcs",
     "/v2/vpcs/{vpc_id}",
     "/v2/reserved_ips",
     "/v2/reserved_ips/{reserved_ip}",
     "/v2/reserved_ips/{reserved_ip}/actions",
     "/v2/reserved_ips/{reserved_ip}/actions/{action_id}",
+    "/v2/tags",
 )
 # discriminator mappings name upstream files; anyOf/oneOf alone validate the same bodies.
 DROP = {"x-codeSamples", "example", "examples", "description", "summary", "tags", "discriminator"}
