@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dynia import __version__
+from dynia.cli.color import color_choice
 from dynia.cli.context_obj import AppContext
 from dynia.errors import DyniaError
 
@@ -97,8 +98,9 @@ def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Run the CLI and turn every DyniaError into its message and exit code."""
+    color = color_choice()
     try:
-        return cli.main(args=argv, prog_name="dynia", standalone_mode=False)
+        return cli.main(args=argv, prog_name="dynia", standalone_mode=False, color=color)
     except click.exceptions.Abort as exc:
         # click turns Ctrl-C into Abort; say that state kept the completed steps.
         if isinstance(exc.__cause__, KeyboardInterrupt):
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except DyniaError as exc:
-        click.secho(f"Error: {exc.message}", fg="red", err=True)
+        # Printed after the command's context is gone, so the colour choice is passed again.
+        click.secho(f"Error: {exc.message}", fg="red", err=True, color=color)
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
         sys.exit(exc.exit_code)

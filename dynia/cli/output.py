@@ -40,7 +40,8 @@ def event_sink() -> object | None:
     """A live per-node progress printer for playbook runs."""
     from dynia.cli.progress import ProgressPrinter
 
-    printer = ProgressPrinter()
+    ctx = click.get_current_context()
+    printer = ProgressPrinter(color=ctx.color)
     # Closed when the command ends, also on error: the error message gets a line of its own.
-    click.get_current_context().call_on_close(printer.close)
+    ctx.call_on_close(printer.close)
     return printer
