@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dynia.cli.complete import cluster_names, node_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
 from dynia.services import cluster_ops
@@ -169,7 +170,11 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
 
 
 @cluster_group.command("delete")
-@click.option("--name", help="Cluster to delete (default: --cluster or the current cluster).")
+@click.option(
+    "--name",
+    help="Cluster to delete (default: --cluster or the current cluster).",
+    shell_complete=cluster_names,
+)
 @click.option("--purge-volumes", is_flag=True, help="Also delete the services' Docker volumes.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
@@ -213,7 +218,7 @@ def node_add_command(app: AppContext) -> None:
 
 
 @node_group.command("remove")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.pass_obj
 def node_remove_command(app: AppContext, node: str) -> None:
     """Drain NODE, move the MASTER role away if it holds it, delete it.
@@ -227,7 +232,7 @@ def node_remove_command(app: AppContext, node: str) -> None:
 
 
 @node_group.command("activate")
-@click.argument("node")
+@click.argument("node", shell_complete=node_names)
 @click.pass_obj
 def node_activate_command(app: AppContext, node: str) -> None:
     """Make NODE the MASTER: health-check it, raise its priority, verify the Reserved IP.

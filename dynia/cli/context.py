@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dynia.cli.complete import cluster_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
 from dynia.services import context as context_service
@@ -43,7 +44,7 @@ def current_command(app: AppContext, as_json: bool) -> None:
 
 
 @context_group.command("use")
-@click.argument("name")
+@click.argument("name", shell_complete=cluster_names)
 @click.pass_obj
 def use_command(app: AppContext, name: str) -> None:
     """Make NAME the current cluster.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dynia.cli.complete import service_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import event_sink, progress_line, store_of, warn
 from dynia.services.deploy import DeployRequest, deploy_service
@@ -13,7 +14,10 @@ from dynia.services.deploy import DeployRequest, deploy_service
 
 @click.command("deploy")
 @click.option(
-    "--name", required=True, help="Service name: 2-32 of a-z, 0-9 and '-', starting with a letter."
+    "--name",
+    required=True,
+    help="Service name: 2-32 of a-z, 0-9 and '-', starting with a letter.",
+    shell_complete=service_names,
 )
 @click.option(
     "--compose",

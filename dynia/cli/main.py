@@ -14,6 +14,7 @@ import click
 
 from dynia import __version__
 from dynia.cli.color import color_choice
+from dynia.cli.complete import cluster_names
 from dynia.cli.context_obj import AppContext
 from dynia.errors import DyniaError
 
@@ -78,6 +79,7 @@ class LazyGroup(click.Group):
     "cluster_name",
     metavar="NAME",
     help="Cluster to act on; overrides the current context.",
+    shell_complete=cluster_names,
 )
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:

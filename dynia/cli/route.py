@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dynia.cli.complete import domain_names, service_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import event_sink, progress_line, store_of, warn
 from dynia.services.deploy import bind_route, unbind_route
@@ -22,7 +23,12 @@ def route_group() -> None:
 
 @route_group.command("bind")
 @click.option("--domain", required=True, help="Fully qualified domain to route.")
-@click.option("--service", required=True, help="Service that receives the traffic.")
+@click.option(
+    "--service",
+    required=True,
+    help="Service that receives the traffic.",
+    shell_complete=service_names,
+)
 @click.pass_obj
 def bind_command(app: AppContext, domain: str, service: str) -> None:
     """Route DOMAIN to SERVICE: render, sync, create the DNS record, verify.
@@ -44,7 +50,9 @@ def bind_command(app: AppContext, domain: str, service: str) -> None:
 
 
 @route_group.command("unbind")
-@click.option("--domain", required=True, help="Domain to stop routing.")
+@click.option(
+    "--domain", required=True, help="Domain to stop routing.", shell_complete=domain_names
+)
 @click.pass_obj
 def unbind_command(app: AppContext, domain: str) -> None:
     """Delete DOMAIN's DNS record, then remove its route from every node.
