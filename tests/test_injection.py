@@ -217,7 +217,7 @@ def test_digitalocean_urls_are_checked_before_the_notify_script_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, url: str
 ) -> None:
     monkeypatch.delenv("DIGITALOCEAN_TOKEN", raising=False)
-    monkeypatch.delenv("DIGITALOCEAN_FAILOVER_TOKEN", raising=False)
+    monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     layout = HomeLayout(tmp_path / "home")
     cluster = sample_cluster(node_provider="digitalocean")
     Renderer(layout).render(cluster)
@@ -243,6 +243,7 @@ def test_digitalocean_urls_of_the_real_api_and_the_test_fakes_render(
 ) -> None:
     monkeypatch.setenv("DIGITALOCEAN_API_URL", url)
     monkeypatch.setenv("DIGITALOCEAN_METADATA_URL", url)
+    monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     layout = HomeLayout(tmp_path / "home")
     result = Renderer(layout).render(sample_cluster(node_provider="digitalocean"))
     script = (result.directory / "keepalived/notify-master.sh").read_text()

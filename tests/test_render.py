@@ -90,8 +90,9 @@ def test_keepalived_peers_priority_and_virtual_address_per_node(layout: HomeLayo
 
 
 def test_api_mode_provider_gets_notify_script_and_no_virtual_address(
-    layout: HomeLayout,
+    layout: HomeLayout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     cluster = sample_cluster(node_provider="digitalocean")
     text = (Renderer(layout).render(cluster).directory / "keepalived/misty-owl.conf").read_text()
     # The Reserved IP is moved by the API, never carried by VRRP; keepalived 2.x still needs one

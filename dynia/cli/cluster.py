@@ -51,6 +51,12 @@ def cluster_group() -> None:
     help="Proxy the cluster's DNS records through Cloudflare's edge (default from config: no).",
 )
 @click.option(
+    "--allow-main-token-on-nodes",
+    is_flag=True,
+    help="DigitalOcean: without DIGITALOCEAN_FAILOVER_TOKEN, put the main DIGITALOCEAN_TOKEN on "
+    "the nodes for keepalived's failover (remembered for the cluster). Not recommended.",
+)
+@click.option(
     "--plan-only", is_flag=True, help="Only record the planned cluster; provision nothing yet."
 )
 @click.pass_obj
@@ -64,6 +70,7 @@ def create_command(
     dns_provider: str | None,
     cert_issuer: str | None,
     proxied: bool | None,
+    allow_main_token_on_nodes: bool,
     plan_only: bool,
 ) -> None:
     """Provision nodes and the infra layer (HAProxy, Caddy, keepalived); no app, no DNS yet.
@@ -92,6 +99,7 @@ def create_command(
         cert_issuer=cert_issuer or defaults.cert_issuer,
         dns_proxied=defaults.dns_proxied if proxied is None else proxied,
         plan_only=plan_only,
+        allow_main_token_on_nodes=allow_main_token_on_nodes,
     )
     create_cluster(app.layout, store_of(app), request, progress_line, event_sink())
 

@@ -19,9 +19,21 @@ from dynia.services.render import render_cluster
     help="Folder to render into (default <home>/deploy-config/<cluster>).",
 )
 @click.option("--no-validate", is_flag=True, help="Skip validation by haproxy/caddy/keepalived.")
+@click.option(
+    "--allow-main-token-on-nodes/--no-allow-main-token-on-nodes",
+    default=None,
+    help="DigitalOcean: accept (or no longer accept) the main DIGITALOCEAN_TOKEN on the nodes "
+    "when DIGITALOCEAN_FAILOVER_TOKEN is not set; remembered for the cluster.",
+)
 @click.option("--json", "as_json", is_flag=True, help=JSON_OPTION_HELP)
 @click.pass_obj
-def render_command(app: AppContext, output: Path | None, no_validate: bool, as_json: bool) -> None:
+def render_command(
+    app: AppContext,
+    output: Path | None,
+    no_validate: bool,
+    allow_main_token_on_nodes: bool | None,
+    as_json: bool,
+) -> None:
     """Render deploy-config/ from state and templates.
 
     Writes cluster-metadata.json, haproxy/, caddy/, keepalived/ (one file per node),
@@ -38,6 +50,9 @@ def render_command(app: AppContext, output: Path | None, no_validate: bool, as_j
     # Under the state lock: a render never swaps deploy-config under a running sync.
     with store_of(app).transaction("dynia render") as txn:
         cluster = selected_cluster(txn.state, app.cluster_option)
+        if allow_main_token_on_nodes is not None:
+            # Saved with the transaction, so only when the render succeeds.
+            cluster.settings.allow_main_credential_on_nodes = allow_main_token_on_nodes
         report = render_cluster(app.layout, cluster, output, validate=not no_validate)
     if as_json:
         emit_json(

@@ -41,11 +41,13 @@ SERVICES_ROOT = "/opt/dynia/services"
 NOTIFY_COMPONENT = "keepalived-notify"
 FAILOVER_TOKEN_ENV = "DIGITALOCEAN_FAILOVER_TOKEN"
 TOKEN_ENV = "DIGITALOCEAN_TOKEN"
-FAILOVER_TOKEN_SCOPES = (
-    "the nodes' failover token needs only the reserved_ip:read, reserved_ip:update, "
-    "droplet:read and actions:read scopes; set DIGITALOCEAN_FAILOVER_TOKEN to such a token, "
-    "or DIGITALOCEAN_TOKEN is used"
+ALLOW_MAIN_TOKEN_FLAG = "--allow-main-token-on-nodes"
+FAILOVER_TOKEN_HOW = (
+    "create a DigitalOcean token with custom scopes reserved_ip:read, reserved_ip:update, "
+    "droplet:read and actions:read only (https://cloud.digitalocean.com/account/api/tokens) "
+    f"and set {FAILOVER_TOKEN_ENV} to it (environment or credentials file)"
 )
+FAILOVER_TOKEN_SCOPES = f"the nodes' failover token: {FAILOVER_TOKEN_HOW}"
 
 
 @dataclass(frozen=True)
@@ -223,9 +225,9 @@ class Renderer:
     def _notify_master_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
         """Where the provider moves the Reserved IP by API: the script and its root-only token.
 
-        The token file is rendered whenever a token is at hand (every command that provisions
-        has one). Without one (an offline ``dynia render``) it is left out of the manifest, and
-        a sync then leaves the token the nodes already hold untouched.
+        The token file holds the failover token (``node_token``). Only when the operator
+        accepted the main token and none is at hand (an offline ``dynia render``) is it left
+        out of the manifest; a sync then leaves the token the nodes already hold untouched.
         """
         mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
         if mode != "api" or cluster.reserved_ip is None or not nodes:
@@ -245,7 +247,7 @@ class Renderer:
                 mode="0700",
             )
         ]
-        token = _failover_token()
+        token = node_token(cluster)
         if token is not None:
             files.append(
                 RenderedFile(
@@ -375,14 +377,49 @@ class Renderer:
         return RenderResult(directory=target, files=files)
 
 
-def _failover_token() -> Secret | None:
-    """The token the nodes use to move the Reserved IP: the narrow one if set, else the main."""
-    for name in (FAILOVER_TOKEN_ENV, TOKEN_ENV):
-        try:
-            return lookup_token(name, scopes_hint=FAILOVER_TOKEN_SCOPES)
-        except ProviderError:
-            continue
-    return None
+def _optional_token(name: str) -> Secret | None:
+    """The token, or None when it is set nowhere (a broken credentials file still raises)."""
+    try:
+        return lookup_token(name, scopes_hint=FAILOVER_TOKEN_SCOPES)
+    except ProviderError as exc:
+        if exc.message.startswith(f"no {name} found"):
+            return None
+        raise
+
+
+def node_token(cluster: Cluster) -> Secret | None:
+    """The token the nodes of an API-mode cluster use to move the Reserved IP.
+
+    The narrow failover token when one is set. The main token (which can delete every droplet
+    of the account) only when the operator accepted it for this cluster
+    (``settings.allow_main_credential_on_nodes``); then None when no token is at hand at all (an
+    offline render: the file stays out of the manifest and the nodes keep theirs). Otherwise
+    RenderError, before anything is written.
+    """
+    return check_node_token(cluster.name, cluster.settings.allow_main_credential_on_nodes)
+
+
+def check_node_token(cluster_name: str, allow_main_token: bool) -> Secret | None:
+    """``node_token`` for a cluster that may not be in state yet (create checks it first)."""
+    failover = _optional_token(FAILOVER_TOKEN_ENV)
+    main = _optional_token(TOKEN_ENV)
+    if failover is not None and (failover != main or allow_main_token):
+        return failover
+    if allow_main_token:
+        return main
+    problem = (
+        f"{FAILOVER_TOKEN_ENV} holds the main {TOKEN_ENV}"
+        if failover is not None
+        else f"no {FAILOVER_TOKEN_ENV} is set"
+    )
+    raise RenderError(
+        f"refusing to render cluster {cluster_name!r}: {problem}. keepalived on the nodes "
+        "needs a token to move the Reserved IP, and Dynia does not put the main token, which "
+        "can delete every droplet of the account, on the nodes unless told to",
+        hint=f"{FAILOVER_TOKEN_HOW}; or accept the main token on this cluster's nodes with "
+        f"{ALLOW_MAIN_TOKEN_FLAG} on `dynia cluster create` or `dynia render` (remembered in "
+        "state; `dynia render --no-allow-main-token-on-nodes` withdraws it)",
+    )
 
 
 def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynia.errors import UsageError
+from dynia.errors import RenderError, UsageError
 from dynia.paths import HomeLayout
 from dynia.providers import (
     check_dns_provider,
@@ -18,6 +18,7 @@ from dynia.providers import (
     get_node_provider,
     node_provider_traits,
 )
+from dynia.render.renderer import check_node_token
 from dynia.services import Progress, infra
 from dynia.services.certificates import check_certificate_options
 from dynia.services.config import check_slug
@@ -46,6 +47,7 @@ class CreateRequest:
     plan_only: bool = False
     cert_issuer: str = CERT_ISSUER_LOCAL
     dns_proxied: bool = False
+    allow_main_token_on_nodes: bool = False  # recorded when given; create never withdraws it
 
 
 def _validate(request: CreateRequest) -> None:
@@ -92,6 +94,8 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
                 hint="re-run with the settings it was created with to resume it, choose another "
                 "--name, or change nodes with `dynia cluster node add|remove`",
             )
+        if request.allow_main_token_on_nodes:  # consent given again or now; never withdrawn here
+            existing.settings.allow_main_credential_on_nodes = True
         return existing
     traits = node_provider_traits(request.node_provider)
     cluster = Cluster(
@@ -106,11 +110,27 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
             vrrp_advert_int=traits.default_vrrp_advert_int,
             certificate_issuer=request.cert_issuer,
             dns_proxied=request.dns_proxied,
+            allow_main_credential_on_nodes=request.allow_main_token_on_nodes,
         ),
     )
     txn.state.clusters[cluster.name] = cluster
     txn.save()
     return cluster
+
+
+def _check_node_token(request: CreateRequest, existing: Cluster | None) -> None:
+    """Refuse before anything is recorded or created what the first render would refuse: a
+    cluster whose nodes move the Reserved IP by API with no token the operator allows there."""
+    if request.plan_only or node_provider_traits(request.node_provider).reserved_ip_mode != "api":
+        return
+    allowed = request.allow_main_token_on_nodes or (
+        existing is not None and existing.settings.allow_main_credential_on_nodes
+    )
+    try:
+        check_node_token(request.name, allowed)
+    except RenderError as exc:
+        message = exc.message.replace("refusing to render", "refusing to create")
+        raise UsageError(message, exc.hint) from exc
 
 
 def create_cluster(
@@ -123,6 +143,7 @@ def create_cluster(
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
     with store.transaction("dynia cluster create") as txn:
+        _check_node_token(request, txn.state.clusters.get(request.name))
         cluster = _plan(txn, request)
         if cluster.status != STATUS_PLANNED:
             progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")

@@ -155,6 +155,9 @@ class ClusterSettings:
     health_path: str = "/dynia-health"
     certificate_issuer: str = CERT_ISSUER_LOCAL  # who signs the cluster certificate
     dns_proxied: bool = False  # A records proxied through the DNS provider's edge (Cloudflare)
+    # The operator accepted the main API token on the nodes (for keepalived's notify-master)
+    # when no narrow failover token is set. Off: such a render is refused.
+    allow_main_credential_on_nodes: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterSettings:
