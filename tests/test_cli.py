@@ -134,7 +134,9 @@ def test_cluster_list_and_show_json_shapes(tmp_path: Path) -> None:
     }
     shown = json.loads(dynia(tmp_path, "cluster", "show", "--json", check=True).stdout)
     assert [n["role"] for n in shown["nodes"]] == ["backup", "master", "backup"]
-    assert shown["routes"] == [{"domain": "web.demo.test", "service": "web", "dns": False}]
+    assert shown["routes"] == [
+        {"domain": "web.demo.test", "service": "web", "dns": False, "https_only": False}
+    ]
 
 
 @pytest.mark.parametrize(

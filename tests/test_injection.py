@@ -28,7 +28,7 @@ from dynia.paths import HomeLayout
 from dynia.providers.cloudflare import CloudflareDnsProvider
 from dynia.render.compose import loopback_port, node_compose, parse_compose
 from dynia.render.renderer import Renderer, shell_quote
-from dynia.state import StateStore
+from dynia.state import SCHEMA_VERSION, StateStore
 from dynia.state.models import Cluster
 from dynia.state.validation import parse_state
 
@@ -101,7 +101,11 @@ CASES = [pytest.param(f, p, id=f"{f}-{n}") for f in FIELDS for n, p in PAYLOADS.
 def _state_dict(mutate: Mutation, payload: str) -> dict[str, Any]:
     cluster = sample_cluster().to_dict()
     mutate(cluster, payload)
-    return {"schema_version": 1, "current_cluster": "demo", "clusters": {"demo": cluster}}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "current_cluster": "demo",
+        "clusters": {"demo": cluster},
+    }
 
 
 def tree(folder: Path) -> dict[str, bytes]:

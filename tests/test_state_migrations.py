@@ -1,5 +1,6 @@
-"""Schema migrations: a Dynia v1 (TypeScript) state file becomes a schema-1 state on load, and is
-rewritten in the new schema on the next save with the v1 file kept as a backup."""
+"""Schema migrations: a Dynia v1 (TypeScript) state file becomes a current state on load, and is
+rewritten in the new schema on the next save with the v1 file kept as a backup; schema-1 routes
+gain ``https_only``."""
 
 from __future__ import annotations
 
@@ -136,8 +137,28 @@ def test_current_schema_passes_through_unchanged() -> None:
     assert migrate(copy.deepcopy(data)) == data
 
 
+def test_schema_1_routes_gain_https_only_that_follows_the_certificate() -> None:
+    data = migrate(v1_state())
+    cluster = data["clusters"]["myapp"]
+    cluster["services"]["web"] = {
+        "name": "web", "compose": "services: {}\n", "compose_hash": "0" * 64,
+        "internal_port": 20000, "container_port": 80, "main_service": "web",
+    }  # fmt: skip
+    cluster["routes"]["web.example.com"] = {
+        "domain": "web.example.com", "service": "web", "dns_record_id": "rec-1",
+    }  # fmt: skip
+    schema_1 = {**copy.deepcopy(data), "schema_version": 1}
+
+    migrated = migrate(copy.deepcopy(schema_1))
+    assert migrated["clusters"]["myapp"]["routes"]["web.example.com"]["https_only"] is None
+    state = parse_state(migrated)
+    cluster_state = state.clusters["myapp"]
+    assert cluster_state.https_only(cluster_state.routes["web.example.com"]) is False  # local CA
+    assert "https_only" not in schema_1["clusters"]["myapp"]["routes"]["web.example.com"]
+
+
 def test_a_newer_schema_is_refused() -> None:
-    with pytest.raises(SchemaTooNewError, match="schema_version 2 is newer"):
+    with pytest.raises(SchemaTooNewError, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
         migrate({"schema_version": SCHEMA_VERSION + 1, "clusters": {}})
 
 

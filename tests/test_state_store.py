@@ -17,7 +17,7 @@ import pytest
 
 from dynia.errors import LockTimeoutError, StateError
 from dynia.paths import HomeLayout
-from dynia.state import BACKUPS_KEPT, LockHolder, State, StateStore, serialize
+from dynia.state import BACKUPS_KEPT, SCHEMA_VERSION, LockHolder, State, StateStore, serialize
 from dynia.state.lock import StateLock
 from dynia.state.models import Cluster, Route, Service
 
@@ -245,7 +245,8 @@ def test_a_file_from_a_newer_dynia_says_to_upgrade(home: Path) -> None:
     store.path.write_text('{"schema_version": 7, "clusters": {}}')
     with pytest.raises(StateError) as caught:
         store.load()
-    assert "schema_version 7 is newer than this dynia understands (up to 1)" in str(caught.value)
+    expected = f"schema_version 7 is newer than this dynia understands (up to {SCHEMA_VERSION})"
+    assert expected in str(caught.value)
     assert "upgrade dynia" in (caught.value.hint or "")
 
 

@@ -142,8 +142,8 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name, role,
     priority, status, public_ip, private_ip, provider_id; with --health also "healthy" and
     "problem"), "services" (name, internal_port, health_path, images) and "routes" (domain,
-    service, dns). A node's status is provisioning, joining (`node add` not finished: run it
-    again), ready or out-of-sync (run `dynia repair`).
+    service, dns, https_only). A node's status is provisioning, joining (`node add` not
+    finished: run it again), ready or out-of-sync (run `dynia repair`).
 
     Example: dynia cluster show --health
     """
@@ -174,7 +174,8 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
         click.echo(f"    {service['name']:<16} port {service['internal_port']}")
     click.echo("  routes:")
     for route in details["routes"]:
-        click.echo(f"    {route['domain']} -> {route['service']}")
+        https = "  (HTTPS only: redirect + HSTS)" if route["https_only"] else ""
+        click.echo(f"    {route['domain']} -> {route['service']}{https}")
 
 
 @cluster_group.command("delete")

@@ -17,6 +17,7 @@ def route_group() -> None:
     \b
     Example:
       dynia route bind --domain shop.example.com --service web
+      dynia route bind --domain shop.example.com --service web --no-https-only
       dynia route unbind --domain shop.example.com
     """
 
@@ -29,9 +30,18 @@ def route_group() -> None:
     help="Service that receives the traffic.",
     shell_complete=service_names,
 )
+@click.option(
+    "--https-only/--no-https-only",
+    default=None,
+    help="Redirect plain HTTP to HTTPS (308) and send Strict-Transport-Security "
+    "(max-age=63072000). Default: on when clients trust the cluster's certificate (Cloudflare "
+    "Origin CA), off with Dynia's local CA; a bound domain keeps its setting unless given.",
+)
 @click.pass_obj
-def bind_command(app: AppContext, domain: str, service: str) -> None:
+def bind_command(app: AppContext, domain: str, service: str, https_only: bool | None) -> None:
     """Route DOMAIN to SERVICE: render, sync, create the DNS record, verify.
+
+    Binding a bound domain again changes its --https-only setting.
 
     Example: dynia route bind --domain shop.example.com --service web
     """
@@ -43,6 +53,7 @@ def bind_command(app: AppContext, domain: str, service: str) -> None:
         service,
         progress_line,
         event_sink(),
+        https_only=https_only,
     )
     for message in warnings:
         warn(message)

@@ -12,6 +12,9 @@ from dynia.state.models import Cluster, Node
 HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"
 HAPROXY_BACKEND = "dynia_nodes"
 HAPROXY_CERT_TARGET = "/etc/haproxy/certs/cluster.pem"
+HSTS_MAX_AGE = 63072000
+# Where Caddy serves the revision a node runs (the rejoin check compares peers' revisions).
+REVISION_PATH = "/dynia-revision"
 NOTIFY_MASTER_TARGET = "/etc/keepalived/dynia-notify-master.sh"
 DIGITALOCEAN_TOKEN_TARGET = "/etc/dynia/digitalocean-token"
 # Where the notify-master script talks to DigitalOcean; both overridable for a test API.
@@ -55,7 +58,25 @@ def haproxy_vars(cluster: Cluster, with_tls: bool) -> dict[str, Any]:
         "haproxy_backend_name": HAPROXY_BACKEND,
         "haproxy_health_path": cluster.settings.health_path,
         "haproxy_backend_servers": servers,
+        # Health and revision answers are for the nodes; clients on the internet get 404.
+        "haproxy_internal_paths": [cluster.settings.health_path, REVISION_PATH],
+        "haproxy_internal_sources": node_sources(cluster),
+        "haproxy_https_only_hosts": sorted(
+            domain for domain, route in cluster.routes.items() if cluster.https_only(route)
+        ),
+        # Two years, as Mozilla recommends; no includeSubDomains or preload: Dynia does not know
+        # the zone's other hosts, and the preload list is hard to leave.
+        "haproxy_hsts_max_age": HSTS_MAX_AGE,
     }
+
+
+def node_sources(cluster: Cluster) -> list[str]:
+    """Every address a node's request can come from: private, public, and the Reserved IP."""
+    addresses = {n.private_ip for n in cluster.nodes.values()}
+    addresses |= {n.public_ip for n in cluster.nodes.values()}
+    if cluster.reserved_ip:
+        addresses.add(cluster.reserved_ip.address)
+    return sorted((a for a in addresses if a), key=ipaddress.ip_address)
 
 
 def caddy_sites(cluster: Cluster) -> list[dict[str, Any]]:
@@ -84,7 +105,7 @@ def caddy_vars(cluster: Cluster) -> dict[str, Any]:
         # The rejoin check at boot (role dynia_node) holds a node that missed a sync.
         "caddy_health_hold_file": NODE_HOLD_FILE,
         "caddy_revision_file": NODE_REVISION_FILE,
-        "caddy_revision_path": "/dynia-revision",
+        "caddy_revision_path": REVISION_PATH,
         # HAProxy on any node connects from that node's private address.
         "caddy_trusted_peers": sorted(
             (n.private_ip for n in cluster.nodes.values() if n.private_ip),

@@ -100,7 +100,12 @@ def cluster_details(cluster: Cluster, current: str | None) -> dict[str, Any]:
                 for s in sorted(cluster.services.values(), key=lambda s: s.name)
             ],
             "routes": [
-                {"domain": r.domain, "service": r.service, "dns": r.dns_record_id is not None}
+                {
+                    "domain": r.domain,
+                    "service": r.service,
+                    "dns": r.dns_record_id is not None,
+                    "https_only": cluster.https_only(r),
+                }
                 for r in sorted(cluster.routes.values(), key=lambda r: r.domain)
             ],
         }

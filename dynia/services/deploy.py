@@ -269,7 +269,9 @@ def bind_route(
     service_name: str,
     progress: Progress,
     on_event: EventSink = None,
+    https_only: bool | None = None,
 ) -> list[str]:
+    """Route the domain to the service; ``https_only`` None keeps the route's setting."""
     domain = _checked_domain(domain_value)
     with store.transaction("dynia route bind") as txn:
         cluster = _ready_cluster(txn, cluster_option)
@@ -282,7 +284,9 @@ def bind_route(
         dns = dns_provider_for(cluster, layout)
         dns.find_zone(domain)
         previous = copy.deepcopy(cluster)
-        cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
+        route = cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
+        if https_only is not None:
+            route.https_only = https_only
 
         def change() -> None:
             infra.ensure_certificate(layout, txn, cluster)

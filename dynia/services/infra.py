@@ -222,23 +222,30 @@ def attach_reserved_ip(
 
 
 def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
-    """Wait until /dynia-health answers through the Reserved IP; returns the answering node."""
+    """Wait until a node's Caddy answers through the Reserved IP; returns the answer's status.
+
+    The controller is a client like any other: HAProxy keeps the health path for the nodes
+    (404), so the probe asks for a host no route serves. Caddy answers it (404, "no route for
+    this host"); HAProxy itself answers 503 while no node passes its health check.
+    """
+    import urllib.error
     import urllib.request
 
     assert cluster.reserved_ip is not None
-    url = (
-        f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}"
-        f"{cluster.settings.health_path}"
-    )
+    url = f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}/"
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read().decode().strip()
+                return f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # a node answered; only HAProxy's own errors are 5xx here
+                return f"HTTP {exc.code}"
+            last_error = f"HTTP {exc.code}"
         except OSError as exc:
             last_error = str(exc)
-            time.sleep(0.5)
+        time.sleep(0.5)
     raise VerifyError(
         f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
         f"{timeout:.0f}s ({last_error})",

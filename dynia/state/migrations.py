@@ -21,6 +21,7 @@ v1 ran DigitalOcean droplets with Cloudflare DNS only.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -164,7 +165,28 @@ def _v0_to_v1(data: Document) -> Document:
     }
 
 
+# --- 1 -> 2 -------------------------------------------------------------------------------------
+
+
+def _v1_to_v2(data: Document) -> Document:
+    """Routes gain ``https_only``; null keeps the default that follows the certificate."""
+    data = copy.deepcopy(data)
+    # Anything not shaped like schema 1 is left for validation to name after the migration.
+    for cluster in _v1_objects(data.get("clusters")):
+        for route in _v1_objects(cluster.get("routes")):
+            route.setdefault("https_only", None)
+    return data
+
+
+def _v1_objects(value: Any) -> list[Document]:
+    """The object values of a schema-1 map, skipping what is not an object."""
+    if not isinstance(value, dict):
+        return []
+    return [item for item in value.values() if isinstance(item, dict)]
+
+
 # from-version -> step producing from-version + 1
 MIGRATIONS: dict[int, Callable[[Document], Document]] = {
     0: _v0_to_v1,
+    1: _v1_to_v2,
 }

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Lifecycle of a cluster, in order.
 STATUS_PLANNED = "planned"
@@ -139,6 +139,10 @@ class Route:
     domain: str
     service: str
     dns_record_id: str | None = None  # set once the DNS provider created the record
+    # HTTP redirected to HTTPS and HSTS sent. None follows the certificate: on when a client's
+    # browser trusts it (Cloudflare Origin CA behind Cloudflare's edge), off for the local CA,
+    # whose users pass -k and would be locked out by HSTS. See ``Cluster.https_only``.
+    https_only: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Route:
@@ -192,6 +196,13 @@ class Cluster:
     def role_of(self, node_name: str) -> str:
         master = self.master
         return "master" if master and master.name == node_name else "backup"
+
+    def https_only(self, route: Route) -> bool:
+        """Whether ``route`` redirects HTTP to HTTPS and sends HSTS (its flag, or the default)."""
+        if route.https_only is not None:
+            return route.https_only
+        # Any issuer but the local CA gives a certificate the route's clients trust.
+        return self.settings.certificate_issuer != CERT_ISSUER_LOCAL
 
     def step_done(self, step: str) -> bool:
         return step in self.completed_steps
