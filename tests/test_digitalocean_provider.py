@@ -72,7 +72,6 @@ def _spec(name: str, key: str, cluster: str = "prod") -> NodeSpec:
 def test_provider_satisfies_the_protocol(provider: DigitalOceanNodeProvider) -> None:
     assert isinstance(provider, NodeProvider)
     assert provider.reserved_ip_mode == "api"
-    assert provider.default_vrrp_advert_int == 1.0
 
 
 def test_create_node_makes_a_tagged_droplet_in_the_cluster_vpc_with_a_pinned_host_key(

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from dynia.paths import shipped_dir
+from dynia.providers import node_provider_traits
 from dynia.providers.base import ProvisionedNode
 from dynia.providers.local.engine import Docker
-from dynia.providers.local.nodes import LocalNodeProvider
 from dynia.providers.local.testnodes import Fleet
 from dynia.ssh import run_ssh
 
@@ -109,6 +109,7 @@ def configure_keepalived(fleet: Fleet, node: ProvisionedNode, priority: int, adv
         keepalived_unicast_peers=peers,
         keepalived_virtual_ipaddresses=[f"{fleet.reserved_ip.address}/24"],
         keepalived_notify_master_script="",
+        keepalived_vrrp_nice=-20,
     )
     put(fleet, node, "/etc/keepalived/keepalived.conf", config)
     fleet.ssh(
@@ -121,7 +122,7 @@ def test_killing_the_master_moves_the_reserved_ip(local_nodes, busybox_image: st
     fleet = local_nodes(2)
     master, backup = fleet.nodes
     saved = Docker().run(["save", busybox_image]).stdout
-    advert = LocalNodeProvider.default_vrrp_advert_int
+    advert = node_provider_traits("local").default_vrrp_advert_int
     for node, priority in ((master, 150), (backup, 100)):
         start_web(fleet, node, busybox_image, saved)
         configure_haproxy(fleet, node)

@@ -49,7 +49,6 @@ class NodeProvider(Protocol):
     # "vrrp": keepalived carries the address as a virtual_ipaddress (attach = priorities).
     # "api":  the provider moves the address; keepalived's notify-master calls the provider API.
     reserved_ip_mode: Literal["vrrp", "api"]
-    default_vrrp_advert_int: float
 
     def ensure_network(self, cluster: str) -> NetworkInfo: ...
 

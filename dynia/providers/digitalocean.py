@@ -215,7 +215,6 @@ class DigitalOceanNodeProvider:
 
     name = "digitalocean"
     reserved_ip_mode: Literal["vrrp", "api"] = "api"
-    default_vrrp_advert_int = 1.0
 
     def __init__(
         self,

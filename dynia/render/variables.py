@@ -145,6 +145,8 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_virtual_router_id": cluster.settings.vrrp_router_id,
         "keepalived_priority": node.priority,
         "keepalived_advert_int": cluster.settings.vrrp_advert_int,
+        # Sub-second adverts must go out on time on busy cores, or a BACKUP holds an election.
+        "keepalived_vrrp_nice": -20,
         "keepalived_vrrp_version": 3,
         "keepalived_unicast_src_ip": node.private_ip,
         "keepalived_unicast_peers": peers,

@@ -92,7 +92,6 @@ class LocalNodeProvider:
 
     name = "local"
     reserved_ip_mode: Literal["vrrp", "api"] = "vrrp"
-    default_vrrp_advert_int = 0.2
     _run_mode_cache: ClassVar[dict[str, tuple[str, ...]]] = {}
     _address_lock: ClassVar[threading.Lock] = threading.Lock()
 
