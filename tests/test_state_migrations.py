@@ -157,6 +157,15 @@ def test_schema_1_routes_gain_https_only_that_follows_the_certificate() -> None:
     assert "https_only" not in schema_1["clusters"]["myapp"]["routes"]["web.example.com"]
 
 
+def test_schema_1_clusters_have_not_accepted_the_main_token_on_their_nodes() -> None:
+    schema_1 = {**migrate(v1_state()), "schema_version": 1}
+    del schema_1["clusters"]["myapp"]["settings"]["allow_main_credential_on_nodes"]
+
+    migrated = migrate(copy.deepcopy(schema_1))
+    assert migrated["clusters"]["myapp"]["settings"]["allow_main_credential_on_nodes"] is False
+    assert not parse_state(migrated).clusters["myapp"].settings.allow_main_credential_on_nodes
+
+
 def test_a_newer_schema_is_refused() -> None:
     with pytest.raises(SchemaTooNewError, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
         migrate({"schema_version": SCHEMA_VERSION + 1, "clusters": {}})

@@ -169,12 +169,17 @@ def _v0_to_v1(data: Document) -> Document:
 
 
 def _v1_to_v2(data: Document) -> Document:
-    """Routes gain ``https_only``; null keeps the default that follows the certificate."""
+    """Routes gain ``https_only``; null keeps the default that follows the certificate.
+    Cluster settings gain ``allow_main_credential_on_nodes``, off: a schema-1 cluster never
+    consented to the main DigitalOcean token on its nodes."""
     data = copy.deepcopy(data)
     # Anything not shaped like schema 1 is left for validation to name after the migration.
     for cluster in _v1_objects(data.get("clusters")):
         for route in _v1_objects(cluster.get("routes")):
             route.setdefault("https_only", None)
+        settings = cluster.get("settings")
+        if isinstance(settings, dict):
+            settings.setdefault("allow_main_credential_on_nodes", False)
     return data
 
 
