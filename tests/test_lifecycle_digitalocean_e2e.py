@@ -7,7 +7,8 @@ fake API, whose assign action really moves the Reserved IP between nodes.
 
 The tests share one cluster and run in file order: create -> deploy with a domain -> node add and
 remove under load -> failover by killing the MASTER under load -> no token anywhere it must not
-be -> delete.
+be -> delete. The nodes hold only a failover token with the four scopes notify-master needs (the
+fake refuses it anything else); the main token never leaves the controller.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from cluster_cli import docker_names, run_dynia, sweep_docker
 from do_fleet import FleetDropletBackend
 from fakes import FakeCloudflare, FakeDigitalOcean
@@ -39,6 +41,7 @@ ZONE = "dynia-e2e.example"
 DOMAIN = f"web.{ZONE}"
 REGION = "nyc3"
 SECRET_SOURCE = "secrets/digitalocean-token"
+FAILOVER_SCOPES = {"reserved_ip:read", "reserved_ip:update", "droplet:read", "actions:read"}
 MAX_SCANNED_FILE = 20 * 1024 * 1024
 
 
@@ -52,16 +55,23 @@ class Env:
     do: FakeDigitalOcean
     cf: FakeCloudflare
     tmp_before: set[str]
+    failover_token: str = field(default_factory=lambda: f"dop_v1_{secrets.token_hex(32)}")
     outputs: list[str] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[bytes]:
+        """The controller's tokens: never on a node, never in the home."""
         return [self.do.token.encode(), self.cf.token.encode()]
+
+    @property
+    def cluster_tag(self) -> str:
+        return f"dynia-cluster-{self.name}"
 
     def environment(self) -> dict[str, str]:
         return {
             "DYNIA_CREDENTIALS_FILE": str(self.workdir / "no-credentials.json"),
             "DIGITALOCEAN_TOKEN": self.do.token,
+            "DIGITALOCEAN_FAILOVER_TOKEN": self.failover_token,
             "DIGITALOCEAN_API_URL": self.do.api_url,
             "DIGITALOCEAN_METADATA_URL": f"{self.do.api_url}/metadata/v1",
             "CLOUDFLARE_API_TOKEN": self.cf.token,
@@ -69,11 +79,10 @@ class Env:
         }
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 900
+        self, *args: str, check: bool = True, timeout: float = 900, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        done = run_dynia(
-            self.home, *args, extra_env=self.environment(), check=False, timeout=timeout
-        )
+        environment = {**self.environment(), **env}
+        done = run_dynia(self.home, *args, extra_env=environment, check=False, timeout=timeout)
         self.outputs += [done.stdout, done.stderr]
         if check:
             assert done.returncode == 0, f"dynia {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
@@ -106,14 +115,14 @@ class Env:
         )
         return path
 
-    def node_exec(self, node: str, command: str) -> str:
+    def node_exec(self, node: str, command: str, stdin: bytes | None = None) -> str:
         done = subprocess.run(
-            ["docker", "exec", f"dynia-{self.name}-{node}", "sh", "-c", command],
+            ["docker", "exec", "-i", f"dynia-{self.name}-{node}", "sh", "-c", command],
+            input=stdin or b"",
             capture_output=True,
-            text=True,
             check=False,
         )
-        return done.stdout.strip()
+        return done.stdout.decode(errors="replace").strip()
 
     def master(self) -> dict:
         return max(self.state()["nodes"].values(), key=lambda n: (n["priority"], n["name"]))
@@ -216,6 +225,7 @@ def env(
         cf,
         tmp_before,
     )
+    do.add_scoped_token(environment.failover_token, FAILOVER_SCOPES)
     try:
         with do, cf:
             yield environment
@@ -251,6 +261,9 @@ def test_create_and_deploy_with_a_domain_serve_https_through_the_reserved_ip(env
     master = env.master()
     assert env.reserved_ip_holder() == int(master["provider_id"])
     assert env.backend.holder_of(env.reserved_ip) == int(master["provider_id"])
+    firewalls = [f for f in env.do.firewalls.values() if f["name"] == f"dynia-{env.name}"]
+    assert [f["tags"] for f in firewalls] == [[env.cluster_tag]]
+    assert_host_keys_replaced_the_bootstrap_keys(env)
 
     started = time.monotonic()
     deploy = env.run(
@@ -277,6 +290,32 @@ def test_create_and_deploy_with_a_domain_serve_https_through_the_reserved_ip(env
             env.node_exec(node, "stat -c '%a %U' /etc/keepalived/dynia-notify-master.sh")
             == "700 root"
         )
+
+
+def assert_host_keys_replaced_the_bootstrap_keys(env: Env) -> None:
+    """The key cloud-init got in the user data (readable from the metadata service) is gone:
+    each node serves, and the home pins, a key generated on the node."""
+    known_hosts = (env.home / "clusters" / env.name / "ssh" / "known_hosts").read_text()
+    for node in env.state()["nodes"].values():
+        with env.do.lock:
+            user_data = env.do.droplets[int(node["provider_id"])]["user_data"]
+        bootstrap = yaml.safe_load(user_data)["ssh_keys"]["ed25519_public"].split()[1]
+        [pinned] = node["host_keys"]
+        assert pinned.split()[1] != bootstrap, node["name"]
+        served = env.node_exec(node["name"], "cat /etc/ssh/ssh_host_*_key.pub").split()
+        assert served[:2] == pinned.split(), node["name"]
+        assert pinned.split()[1] in known_hosts and bootstrap not in known_hosts
+        assert bootstrap not in env.node_exec(node["name"], "cat /etc/ssh/*.pub; ls /etc/ssh")
+
+
+def test_a_render_without_the_failover_token_is_refused_and_changes_nothing(env: Env) -> None:
+    folder = env.home / "deploy-config" / env.name
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    refused = env.run("render", check=False, DIGITALOCEAN_FAILOVER_TOKEN="")
+    assert refused.returncode != 0
+    assert "DIGITALOCEAN_FAILOVER_TOKEN" in refused.stderr
+    assert "reserved_ip:update" in refused.stderr
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_node_add_and_remove_never_move_the_reserved_ip(env: Env) -> None:
@@ -376,18 +415,29 @@ def test_no_token_appears_outside_the_root_only_secret_file(env: Env) -> None:
     deploy_config = env.home / "deploy-config" / env.name
     assert stat.S_IMODE(deploy_config.stat().st_mode) == 0o700
     assert stat.S_IMODE(env.secret_file.stat().st_mode) == 0o600
-    assert env.secret_file.read_bytes().strip() == env.do.token.encode()
+    failover = env.failover_token.encode()
+    assert env.secret_file.read_bytes().strip() == failover
     state_text = (env.home / "state.json").read_bytes()
-    assert not any(token in state_text for token in env.tokens)
+    assert not any(token in state_text for token in [*env.tokens, failover])
     # The scan finds the token where it is (so an empty result means something), and only there.
-    assert files_containing([env.home], env.tokens, set()) == [str(env.secret_file)]
+    assert files_containing([env.home], [failover], set()) == [str(env.secret_file)]
     new_tmp = [Path("/tmp", e) for e in set(os.listdir("/tmp")) - env.tmp_before]
-    leaks = files_containing([env.home, *new_tmp], env.tokens, {env.secret_file})
+    leaks = files_containing([env.home, *new_tmp], [*env.tokens, failover], {env.secret_file})
     assert leaks == []
-    assert not any(token.decode() in text for text in env.outputs for token in env.tokens)
+    secrets_seen = [*env.tokens, failover]
+    assert not any(token.decode() in text for text in env.outputs for token in secrets_seen)
     for node in env.state()["nodes"]:
+        on_node = env.node_exec(node, "cat /etc/dynia/digitalocean-token")
+        assert on_node == env.failover_token, node
         journal = env.node_exec(node, "journalctl -q --no-pager 2>/dev/null")
-        assert not any(token.decode() in journal for token in env.tokens), node
+        assert not any(token.decode() in journal for token in secrets_seen), node
+        # The main token is on no node: its files hold neither it nor the Cloudflare token.
+        found = env.node_exec(
+            node,
+            "grep -rlsF -f /dev/stdin /etc /opt /root /var/lib/dynia /var/lib/cloud || true",
+            stdin=b"\n".join(env.tokens) + b"\n",
+        )
+        assert found == "", (node, found)
 
 
 def test_delete_leaves_no_droplet_record_or_container(env: Env) -> None:
@@ -399,6 +449,7 @@ def test_delete_leaves_no_droplet_record_or_container(env: Env) -> None:
     assert env.do.droplets == {} and env.do.reserved_ips == {}
     assert not [v for v in env.do.vpcs.values() if v["name"] == f"dynia-{env.name}"]
     assert not [k for k in env.do.ssh_keys.values() if k["name"] == f"dynia-{env.name}"]
+    assert not [f for f in env.do.firewalls.values() if env.cluster_tag in f["tags"]]
     assert env.cf.records_named(DOMAIN) == []
     for kind in ("container", "volume"):
         assert docker_names(kind, f"dynia-{env.name}") == [], kind

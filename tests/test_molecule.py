@@ -23,15 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SCENARIO_TIMEOUT = 900
 STEPS = ("create", "converge", "idempotence", "verify", "destroy")
-SCENARIOS = [
-    "haproxy",
-    "caddy",
-    "keepalived",
-    "dynia_node",
-    "dynia_service",
-    "dynia_sync",
-    "dynia_firewall",
-]
+SCENARIOS = ["haproxy", "caddy", "keepalived", "dynia_node", "dynia_service", "dynia_sync"]
 
 pytestmark = pytest.mark.molecule
 

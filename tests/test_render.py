@@ -19,9 +19,7 @@ from dynia.services.render import render_cluster
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = [
     "haproxy/haproxy.cfg",
-    "caddy/misty-owl.Caddyfile",
-    "caddy/quiet-fox.Caddyfile",
-    "firewall/dynia-firewall.nft",
+    "caddy/Caddyfile",
     "keepalived/misty-owl.conf",
     "keepalived/quiet-fox.conf",
     "services/web/docker-compose.yml",

@@ -11,10 +11,10 @@ import time
 from dynia import naming, ssh
 from dynia.errors import VerifyError
 from dynia.paths import HomeLayout
-from dynia.providers import get_node_provider
+from dynia.providers import get_node_provider, node_provider_traits
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
 from dynia.render.variables import master_marker
-from dynia.services import Progress, certificates, rollout
+from dynia.services import Progress, certificates, host_keys, rollout
 from dynia.services.rollout import EventSink
 from dynia.ssh import SshError
 from dynia.state import Transaction
@@ -101,7 +101,14 @@ def create_planned_nodes(
         node.provider_id = made.provider_id
         node.public_ip = made.public_ip
         node.private_ip = made.private_ip
-        node.host_keys = list(made.host_keys)
+        if node_provider_traits(cluster.node_provider).bootstrap_host_key:
+            # A rotation cut short pinned the fresh key too: keep it, the node may present it.
+            node.host_keys = list(dict.fromkeys([*made.host_keys, *node.host_keys]))
+            write_known_hosts(layout, cluster)
+            txn.save()
+            host_keys.rotate_host_keys(layout, txn, cluster, node, progress)
+        else:
+            node.host_keys = list(made.host_keys)
         node.status = created_status
         write_known_hosts(layout, cluster)
         txn.save()
