@@ -7,6 +7,8 @@ health-gated rollback -> drift and repair -> node add/activate/remove -> failove
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +119,92 @@ def test_create_deploy_and_reach_the_service_end_to_end(env: Env) -> None:
     assert [r.address for r in resolver.resolve(DOMAIN, "A")] == [env.reserved_ip]
     assert fetch(env.reserved_ip, DOMAIN, "/healthz", env.ca) == (200, "ok")
     assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v1")
+
+
+def probe(address: str, port: int, timeout: float = 2) -> str:
+    """'open', 'refused' (something answered with a reset) or 'dropped' (no answer at all)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "dropped"
+
+
+def firewall_counter(env: Env, node: str, name: str) -> int:
+    listed = env.node_exec(node, f"nft list counter inet dynia_firewall {name}")
+    match = re.search(r"packets (\d+)", listed)
+    assert match, listed
+    return int(match[1])
+
+
+def test_from_outside_only_ssh_and_https_answer(env: Env) -> None:
+    node = sorted(env.state()["nodes"])[0]
+    # A container publishing a port on every address, as a compose file may ask explicitly.
+    env.node_exec(
+        node,
+        f"docker run -d --name fw-published -p 0.0.0.0:9300:8000 {env.image} "
+        "httpd -f -p 8000 -h /etc",
+    )
+    try:
+        assert (
+            env.node_exec(
+                node, "curl -s -o /dev/null -w %{http_code} http://127.0.0.1:9300/hostname"
+            )
+            == "200"
+        )
+        caddy_port = env.state()["settings"]["caddy_port"]
+        seen = {
+            (name, port): probe(record["private_ip"], port)
+            for name, record in sorted(env.state()["nodes"].items())
+            for port in (22, caddy_port, 9300)
+            if port != 9300 or name == node
+        }
+        # The test host is not a peer: Caddy and the published port send no answer at all.
+        assert seen == {key: ("open" if key[1] == 22 else "dropped") for key in seen}, seen
+        assert firewall_counter(env, node, "published_port_blocked") > 0
+    finally:
+        env.node_exec(node, "docker rm -f fw-published")
+    assert fetch(env.reserved_ip, DOMAIN, "/version", env.ca) == (200, "v1")
+    # Caddy listens on the node's private address and loopback, nowhere else.
+    listening = env.node_exec(node, f"ss -Htln 'sport = :{caddy_port}'")
+    private_ip = env.state()["nodes"][node]["private_ip"]
+    assert sorted(line.split()[3] for line in listening.splitlines()) == sorted(
+        [f"127.0.0.1:{caddy_port}", f"{private_ip}:{caddy_port}"]
+    ), listening
+
+
+def test_a_container_on_a_node_cannot_reach_the_metadata_address(env: Env) -> None:
+    node = sorted(env.state()["nodes"])[0]
+    # The metadata address made local to the node, where HAProxy answers on port 80.
+    env.node_exec(node, "ip addr replace 169.254.169.254/32 dev lo")
+    try:
+        from_node = env.node_exec(
+            node, "curl -s -o /dev/null -w %{http_code} --max-time 3 http://169.254.169.254/"
+        )
+        assert from_node not in ("", "000"), "the node itself reaches the address"
+        before = firewall_counter(env, node, "container_blocked_destination")
+        # busybox's nc: its static wget crashes resolving. -w 3: give up after 3 s of silence.
+        tried = env.node_exec(
+            node,
+            f"docker run --rm {env.image} sh -c "
+            "\"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80\"; echo rc=$?",
+        )
+        assert tried.endswith("rc=1"), tried
+        assert firewall_counter(env, node, "container_blocked_destination") > before
+    finally:
+        env.node_exec(node, "ip addr del 169.254.169.254/32 dev lo")
+
+
+def test_haproxy_and_caddy_do_not_run_as_root(env: Env) -> None:
+    node = sorted(env.state()["nodes"])[0]
+    # HAProxy's master process stays root to reload; the workers that face clients drop to
+    # their own user.
+    haproxy = env.node_exec(node, "ps -o user=,ppid= -C haproxy").splitlines()
+    workers = {line.split()[0] for line in haproxy if line.split()[1] != "1"}
+    assert workers == {"haproxy"}, haproxy
+    assert set(env.node_exec(node, "ps -o user= -C caddy").split()) == {"caddy"}
 
 
 def test_deploy_under_load_fails_no_request_and_updates_every_node(env: Env) -> None:

@@ -23,7 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SCENARIO_TIMEOUT = 900
 STEPS = ("create", "converge", "idempotence", "verify", "destroy")
-SCENARIOS = ["haproxy", "caddy", "keepalived", "dynia_node", "dynia_service", "dynia_sync"]
+SCENARIOS = [
+    "haproxy",
+    "caddy",
+    "keepalived",
+    "dynia_node",
+    "dynia_service",
+    "dynia_sync",
+    "dynia_firewall",
+]
 
 pytestmark = pytest.mark.molecule
 

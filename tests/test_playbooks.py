@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ RECAP = re.compile(
 )
 
 
-def _expected_sha(cluster: AnsibleCluster, target: str) -> str:
-    return next(f["sha256"] for f in cluster.manifest()["files"] if f["target"] == target)
+def _expected_sha(cluster: AnsibleCluster, target: str, node: str) -> str:
+    files = cluster.manifest()["files"]
+    return next(f["sha256"] for f in files if f["target"] == target and node in f["nodes"])
 
 
 def _recap(output: str) -> dict[str, tuple[int, int, int]]:
@@ -67,7 +69,7 @@ def test_drift_check_reports_the_hand_edit_and_sync_fixes_only_it(
                 "node": victim,
                 "path": CADDYFILE,
                 "reasons": ["content"],
-                "expected": _expected_sha(cluster, CADDYFILE),
+                "expected": _expected_sha(cluster, CADDYFILE, victim),
                 "actual": edited_sha,
                 "mode_expected": "0644",
                 "mode_actual": "0644",
@@ -83,7 +85,7 @@ def test_drift_check_reports_the_hand_edit_and_sync_fixes_only_it(
 
     synced = run_playbook(cluster.project, "sync.yml")
     assert synced.changed_files == {victim: [CADDYFILE]}
-    assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+    assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE, victim)
     others = [name for name in cluster.node_names if name != victim]
     assert all(synced.hosts[name].changed == 0 for name in others)
     assert not any(run_playbook(cluster.project, "drift-check.yml").reports.values())
@@ -110,7 +112,7 @@ def test_ansible_playbook_by_hand_matches_the_runner(bootstrapped_cluster: Ansib
             )
             assert result.changed_files == {victim: [CADDYFILE]}
         assert cluster.ssh(victim, f"stat -c %a {CADDYFILE}").strip() == "644"
-        assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+        assert cluster.remote_sha256(victim, CADDYFILE) == _expected_sha(cluster, CADDYFILE, victim)
     assert recaps[0] == recaps[1]
     assert recaps[0][victim][0] > 0
 
@@ -119,13 +121,12 @@ def test_failed_health_check_restores_the_node_and_stops_the_roll(
     bootstrapped_cluster: AnsibleCluster,
 ) -> None:
     cluster = bootstrapped_cluster
-    caddyfile = cluster.project / "caddy" / "Caddyfile"
-    good = caddyfile.read_bytes()
-    original_sha = _expected_sha(cluster, CADDYFILE)
+    original_sha = {node: _expected_sha(cluster, CADDYFILE, node) for node in cluster.node_names}
     # A valid Caddyfile whose health endpoint answers 503: validation passes, health fails.
-    broken = good.replace(b'respond "ok', b'respond "broken').replace(b'" 200', b'" 503')
-    assert broken != good
-    _replace_in_deploy_config(cluster, "caddy/Caddyfile", broken)
+    _replace_caddyfiles(
+        cluster,
+        lambda good: good.replace(b'respond "ok', b'respond "broken').replace(b'" 200', b'" 503'),
+    )
     try:
         with pytest.raises(RunnerError) as caught:
             run_playbook(cluster.project, "sync.yml")
@@ -138,10 +139,20 @@ def test_failed_health_check_restores_the_node_and_stops_the_roll(
     first = failed[0]
     assert first in str(error) and "health" in str(error)
     # The failing node has its previous Caddyfile back; the roll stopped before the others.
-    assert cluster.remote_sha256(first, CADDYFILE) == original_sha
+    assert cluster.remote_sha256(first, CADDYFILE) == original_sha[first]
     assert len(result.hosts) == 1
     assert cluster.ssh(first, "curl -s http://127.0.0.1:8080/dynia-health").startswith("ok ")
     assert run_playbook(cluster.project, "sync.yml").changed == 0
+
+
+def _replace_caddyfiles(cluster: AnsibleCluster, change: Callable[[bytes], bytes]) -> None:
+    """Change every node's Caddyfile in deploy-config (each binds its own node's address)."""
+    for node in cluster.node_names:
+        source = f"caddy/{node}.Caddyfile"
+        good = (cluster.project / source).read_bytes()
+        changed = change(good)
+        assert changed != good
+        _replace_in_deploy_config(cluster, source, changed)
 
 
 def _replace_in_deploy_config(cluster: AnsibleCluster, source: str, content: bytes) -> None:
@@ -269,11 +280,7 @@ def test_a_sync_killed_half_way_is_reported_and_the_next_sync_finishes_it(
     bootstrapped_cluster: AnsibleCluster,
 ) -> None:
     cluster = bootstrapped_cluster
-    caddyfile = cluster.project / "caddy" / "Caddyfile"
-    good = caddyfile.read_bytes()
-    changed = good.replace(b'respond "ok', b'respond "fine')
-    assert changed != good
-    _replace_in_deploy_config(cluster, "caddy/Caddyfile", changed)
+    _replace_caddyfiles(cluster, lambda good: good.replace(b'respond "ok', b'respond "fine'))
     try:
         # Killed right after the first node got its new file: its Caddy was not reloaded and
         # checked yet, and the files alone would say it is in sync.
@@ -295,7 +302,7 @@ def test_a_sync_killed_half_way_is_reported_and_the_next_sync_finishes_it(
         sync.wait(timeout=30)
         assert copied, "the sync never copied the Caddyfile"
         first = copied[1]
-        assert cluster.remote_sha256(first, CADDYFILE) == _expected_sha(cluster, CADDYFILE)
+        assert cluster.remote_sha256(first, CADDYFILE) == _expected_sha(cluster, CADDYFILE, first)
 
         drift = run_playbook(cluster.project, "drift-check.yml")
         assert [(e["path"], e["reasons"]) for e in drift.reports[first]] == [

@@ -19,7 +19,9 @@ from dynia.services.render import render_cluster
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = [
     "haproxy/haproxy.cfg",
-    "caddy/Caddyfile",
+    "caddy/misty-owl.Caddyfile",
+    "caddy/quiet-fox.Caddyfile",
+    "firewall/dynia-firewall.nft",
     "keepalived/misty-owl.conf",
     "keepalived/quiet-fox.conf",
     "services/web/docker-compose.yml",

@@ -172,10 +172,14 @@ class Renderer:
                 nodes,
             ),
             RenderedFile(
-                "caddy/Caddyfile",
-                "/etc/caddy/Caddyfile",
-                _render(self.env, "caddy/templates/Caddyfile.j2", variables.caddy_vars(cluster)),
-                "caddy",
+                variables.FIREWALL_SOURCE,
+                variables.FIREWALL_TARGET,
+                _render(
+                    self.env,
+                    "dynia_firewall/templates/dynia-firewall.nft.j2",
+                    variables.firewall_vars(cluster),
+                ),
+                variables.FIREWALL_COMPONENT,
                 nodes,
             ),
         ]
@@ -190,10 +194,26 @@ class Renderer:
                     mode="0600",
                 )
             )
+        files.extend(self._caddy_files(cluster))
         files.extend(self._keepalived_files(cluster))
         files.extend(self._notify_master_files(cluster, nodes))
         files.extend(self._service_files(cluster, nodes))
         return sorted(files, key=lambda f: (f.target, f.source))
+
+    def _caddy_files(self, cluster: Cluster) -> list[RenderedFile]:
+        """One Caddyfile per node: each binds only that node's private address."""
+        return [
+            RenderedFile(
+                f"caddy/{node.name}.Caddyfile",
+                "/etc/caddy/Caddyfile",
+                _render(
+                    self.env, "caddy/templates/Caddyfile.j2", variables.caddy_vars(cluster, node)
+                ),
+                "caddy",
+                (node.name,),
+            )
+            for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
+        ]
 
     def _keepalived_files(self, cluster: Cluster) -> list[RenderedFile]:
         if not cluster.nodes:
@@ -289,6 +309,10 @@ class Renderer:
     def components(self, cluster: Cluster) -> dict[str, dict[str, str]]:
         components: dict[str, dict[str, str]] = {
             unit: {"action": "reload", "unit": unit} for unit in ("haproxy", "caddy", "keepalived")
+        }
+        components[variables.FIREWALL_COMPONENT] = {
+            "action": "reload",
+            "unit": variables.FIREWALL_UNIT,
         }
         for name, service in sorted(cluster.services.items()):
             components[f"service:{name}"] = {

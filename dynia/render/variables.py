@@ -26,6 +26,11 @@ DEFAULT_DIGITALOCEAN_METADATA_URL = "http://169.254.169.254/metadata/v1"
 # node runs; the roles dynia_node and dynia_sync use the same paths.
 NODE_HOLD_FILE = "/run/dynia/hold"
 NODE_REVISION_FILE = "/var/lib/dynia/revision"
+# The node firewall (role dynia_firewall): one rules file for every node, reloaded by its unit.
+FIREWALL_SOURCE = "firewall/dynia-firewall.nft"
+FIREWALL_TARGET = "/etc/nftables.d/dynia-firewall.nft"
+FIREWALL_COMPONENT = "firewall"
+FIREWALL_UNIT = "dynia-firewall"
 # Where the provider moves the Reserved IP by API, keepalived carries no real address, but
 # keepalived 2.x drops (VRRPv3) or rejects in `keepalived -t` (VRRPv2) an instance without one.
 # The MASTER therefore holds a host-local marker address on lo: it satisfies keepalived, shows
@@ -94,11 +99,13 @@ def caddy_sites(cluster: Cluster) -> list[dict[str, Any]]:
     return sites
 
 
-def caddy_vars(cluster: Cluster) -> dict[str, Any]:
-    """Caddy's variables for every node; only the node name differs (set per node)."""
+def caddy_vars(cluster: Cluster, node: Node) -> dict[str, Any]:
+    """Caddy's variables for one node: only the addresses it listens on are the node's own."""
     return {
         "caddy_admin_port": 2019,
         "caddy_listen_port": cluster.settings.caddy_port,
+        # HAProxy reaches Caddy on the private address; the node's own checks use loopback.
+        "caddy_bind_addresses": [ip for ip in (node.private_ip, "127.0.0.1") if ip],
         "caddy_health_path": cluster.settings.health_path,
         "caddy_node_name": "{system.hostname}",
         "caddy_sites": caddy_sites(cluster),
@@ -107,10 +114,34 @@ def caddy_vars(cluster: Cluster) -> dict[str, Any]:
         "caddy_revision_file": NODE_REVISION_FILE,
         "caddy_revision_path": REVISION_PATH,
         # HAProxy on any node connects from that node's private address.
-        "caddy_trusted_peers": sorted(
-            (n.private_ip for n in cluster.nodes.values() if n.private_ip),
-            key=ipaddress.ip_address,
-        ),
+        "caddy_trusted_peers": private_addresses(cluster),
+    }
+
+
+def private_addresses(cluster: Cluster) -> list[str]:
+    """The private addresses of the cluster's nodes, in address order."""
+    return sorted(
+        (n.private_ip for n in cluster.nodes.values() if n.private_ip), key=ipaddress.ip_address
+    )
+
+
+def firewall_vars(cluster: Cluster) -> dict[str, Any]:
+    """The firewall of every node: the same rules everywhere, the peers being all the nodes."""
+    return {
+        "dynia_firewall_table": "dynia_firewall",
+        "dynia_firewall_ssh_port": 22,
+        "dynia_firewall_ssh_sources": [],
+        "dynia_firewall_public_tcp_ports": [
+            cluster.settings.http_port,
+            cluster.settings.https_port,
+        ],
+        "dynia_firewall_peers": private_addresses(cluster),
+        "dynia_firewall_peer_tcp_ports": [cluster.settings.caddy_port],
+        "dynia_firewall_vrrp": True,
+        "dynia_firewall_container_interfaces": ["docker0", "br-*"],
+        # The metadata service serves the node's user data to anything that asks.
+        "dynia_firewall_container_blocked_destinations": ["169.254.169.254"],
+        "dynia_firewall_block_published_ports": True,
     }
 
 
