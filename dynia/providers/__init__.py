@@ -27,11 +27,13 @@ class NodeProviderTraits:
     bootstrap_host_key: bool = False
 
 
-# Local nodes share one host, so adverts every 0.1 s move the address about 0.35 s after a MASTER
-# dies (3 missed adverts plus skew); keepalived's VRRP process runs at nice -20 to keep them on
-# time on busy cores. A droplet's failover waits for the API anyway, so 1 s costs nothing there.
+# Local nodes: adverts every 0.15 s move the address about 0.5 s after a MASTER dies (3 missed
+# adverts plus skew) and still let a MASTER's adverts be up to about 0.35 s late on busy cores
+# before a BACKUP takes over (0.1 s left 0.24 s, which a 10-minute soak on overloaded cores
+# exceeded twice). keepalived's VRRP process runs at nice -20 to keep them on time. A droplet's
+# failover waits for the API anyway, so 1 s costs nothing there.
 NODE_PROVIDERS: dict[str, NodeProviderTraits] = {
-    "local": NodeProviderTraits("vrrp", 0.1),
+    "local": NodeProviderTraits("vrrp", 0.15),
     "digitalocean": NodeProviderTraits("api", 1.0, bootstrap_host_key=True),
 }
 
