@@ -88,6 +88,24 @@ def render_and_sync(
 def drift_check(layout: HomeLayout, cluster: Cluster, on_event: EventSink = None) -> DriftReport:
     """Read-only comparison of every node with deploy-config."""
     result = run(layout, cluster, "drift-check.yml", on_event, raise_on_failure=False)
+    return drift_report(cluster, result)
+
+
+def compared_by_sync(cluster: Cluster, result: Any) -> DriftReport | None:
+    """The sync's own comparisons, when it compared every node; None means drift-check must.
+
+    Each node's last comparison counts: the one before the change when nothing changed, or the
+    one the sync made of the changed files once they were in place.
+    """
+    every_node_compared = all(
+        name in result.reports and name in result.hosts and result.hosts[name].ok
+        for name in cluster.nodes
+    )
+    return drift_report(cluster, result) if every_node_compared else None
+
+
+def drift_report(cluster: Cluster, result: Any) -> DriftReport:
+    """The drift a playbook's comparisons found, and every node it did not fully read."""
     report = DriftReport(nodes=sorted(cluster.nodes))
     for node in report.nodes:
         # A node the playbook did not fully read is not known to match: report it, never pass it.
@@ -124,12 +142,16 @@ def sync_and_verify(
     persist: Callable[[], None] | None = None,
     render: bool = True,
 ) -> DriftReport:
-    """Sync, then drift-check: a node whose hashes still differ is marked out-of-sync."""
+    """Sync and verify: a node whose hashes still differ is marked out-of-sync.
+
+    The sync's own comparisons are the verification; drift-check runs only when the sync did
+    not compare every node.
+    """
     if render:
-        render_and_sync(layout, cluster, on_event)
+        result = render_and_sync(layout, cluster, on_event)
     else:
-        run(layout, cluster, "sync.yml", on_event)
-    report = drift_check(layout, cluster, on_event)
+        result = run(layout, cluster, "sync.yml", on_event)
+    report = compared_by_sync(cluster, result) or drift_check(layout, cluster, on_event)
     drifted = mark_sync_outcome(cluster, report)
     if persist:
         persist()
