@@ -8,11 +8,9 @@ What it makes, and how it finds it again (so a re-run never duplicates anything)
   cluster tag.
 * VPC ``dynia-<cluster>`` in the cluster's region; found by name.
 * SSH key ``dynia-<cluster>``; found by fingerprint.
-* Cloud Firewall ``dynia-<cluster>`` applied to the cluster tag (the tag is created first, so the
-  firewall covers every droplet from its first boot); found by name and tag. Inbound: SSH from
-  ``ssh_sources`` (default anywhere), 80/443 and ICMP from anywhere, all TCP/UDP from the
-  cluster's own droplets (tag) and VPC range (Caddy, HAProxy checks, the nodes' SSH); outbound
-  all. A firewall whose rules drifted is put back by the next ``ensure_network``.
+* no Cloud Firewall: its rules can let through only TCP, UDP and ICMP, and it filters the VPC
+  interface too, so it would drop keepalived's VRRP adverts (IP protocol 112) and leave every
+  node MASTER. The nodes' own firewall (role ``dynia_firewall``) does that job.
 * a Reserved IP: reserved IPs carry no tags, so one is recognised as the cluster's while it is
   assigned to one of the cluster's droplets (a new one is created assigned to a cluster droplet
   when the cluster has any, for exactly that reason).
@@ -74,13 +72,11 @@ TOKEN_ENV = "DIGITALOCEAN_TOKEN"
 API_URL_ENV = "DIGITALOCEAN_API_URL"
 DEFAULT_API_URL = "https://api.digitalocean.com"
 DEFAULT_IMAGE = "ubuntu-24-04-x64"
-ANYWHERE = ("0.0.0.0/0", "::/0")
 PRIVATE_INTERFACE = "eth1"  # DigitalOcean attaches the VPC network as the second interface
 TOKEN_SCOPES = (
     "a DigitalOcean API token (https://cloud.digitalocean.com/account/api/tokens) with "
     "custom scopes droplet:create/read/delete, ssh_key:create/read/delete, "
     "vpc:create/read/delete, reserved_ip:create/read/update/delete, tag:create/read, "
-    "firewall:create/read/update/delete, "
     "actions:read, account:read, regions:read, sizes:read, image:read"
 )
 QUOTA_HINT = (
@@ -450,8 +446,7 @@ class DigitalOceanNodeProvider:
         return vpc
 
     def ensure_network(self, cluster: str, region: str | None = None) -> NetworkInfo:
-        """The cluster VPC (found, created when a region is known, or planned) and its Cloud
-        Firewall.
+        """The cluster VPC: found, created when a region is known, or planned.
 
         Without a region (neither the argument nor the provider's) the VPC cannot be created
         yet; its address range is planned instead, and the first ``create_node`` creates the
@@ -466,12 +461,10 @@ class DigitalOceanNodeProvider:
             vpc = next((v for v in vpcs if v.get("name") == f"dynia-{cluster}"), None)
             taken = [v["ip_range"] for v in vpcs]
             subnet = vpc["ip_range"] if vpc else _plan_ip_range(cluster, taken)
-        self.ensure_firewall(cluster, subnet)
         return NetworkInfo(f"dynia-{cluster}", subnet, PRIVATE_INTERFACE)
 
     def delete_network(self, cluster: str) -> None:
-        """Delete the cluster's firewall, VPC and SSH key; waits (bounded) for the VPC to empty."""
-        self.delete_firewall(cluster)
+        """Delete the cluster VPC and SSH key; waits (bounded) for the VPC to empty."""
         vpc = self._find_vpc(cluster)
         if vpc is not None:
             self._delete_vpc(cluster, vpc["id"])
@@ -519,70 +512,6 @@ class DigitalOceanNodeProvider:
                 return True  # deleted by an earlier try whose answer was lost
             raise
         return True
-
-    # -- Cloud Firewall --------------------------------------------------------------------------
-
-    def _find_firewall(self, cluster: str) -> dict[str, Any] | None:
-        firewalls = self._list_all(
-            "listing Cloud Firewalls", self._client.firewalls.list, "firewalls"
-        )
-        tag = f"dynia-cluster-{cluster}"
-        return next(
-            (
-                f
-                for f in firewalls
-                if f.get("name") == f"dynia-{cluster}" and tag in (f.get("tags") or [])
-            ),
-            None,
-        )
-
-    def ensure_firewall(
-        self, cluster: str, subnet: str, ssh_sources: tuple[str, ...] = ANYWHERE
-    ) -> str:
-        """The cluster's Cloud Firewall, created or its rules put back; returns its id."""
-        wanted = _firewall_body(cluster, subnet, ssh_sources)
-        self._ensure_tag(f"dynia-cluster-{cluster}")
-        found = self._find_firewall(cluster)
-        name = wanted["name"]
-        if found is None:
-            found = self._create(
-                f"creating Cloud Firewall {name}",
-                self._client.firewalls.create,
-                wanted,
-                "firewall",
-                lambda: self._find_firewall(cluster),
-            )
-        elif _firewall_shape(found) != _firewall_shape(wanted):
-            self._call(
-                f"updating Cloud Firewall {name}",
-                self._client.firewalls.update,
-                found["id"],
-                wanted,
-            )
-        return str(found["id"])
-
-    def _ensure_tag(self, tag: str) -> None:
-        """Create the tag (a no-op when it exists): a firewall can name only existing tags."""
-        try:
-            self._call(f"creating tag {tag}", self._client.tags.create, {"name": tag})
-        except ApiError as exc:
-            if exc.status not in (409, 422):  # an existing tag, as some API versions answer
-                raise
-
-    def delete_firewall(self, cluster: str) -> None:
-        """Delete the cluster's Cloud Firewall; one already gone is not an error."""
-        found = self._find_firewall(cluster)
-        if found is None:
-            return
-        try:
-            self._call(
-                f"deleting Cloud Firewall dynia-{cluster}",
-                self._client.firewalls.delete,
-                found["id"],
-            )
-        except ApiError as exc:
-            if exc.status != 404:  # deleted by an earlier try whose answer was lost
-                raise
 
     # -- SSH key -------------------------------------------------------------------------------
 
@@ -929,50 +858,6 @@ def _plan_ip_range(cluster: str, taken: list[str]) -> str:
     raise ProviderError(
         "no free /24 left in 10.100.0.0/9 for a new cluster VPC",
         hint="delete unused VPCs on the DigitalOcean account",
-    )
-
-
-def _firewall_body(cluster: str, subnet: str, ssh_sources: tuple[str, ...]) -> dict[str, Any]:
-    """What the cluster's Cloud Firewall lets through. DigitalOcean rules name only TCP, UDP
-    and ICMP ("0": every port); what no rule allows is dropped."""
-    tag = f"dynia-cluster-{cluster}"
-    anywhere = {"addresses": list(ANYWHERE)}
-    peers = {"addresses": [subnet], "tags": [tag]}
-    inbound = [
-        {"protocol": "tcp", "ports": "22", "sources": {"addresses": list(ssh_sources)}},
-        {"protocol": "tcp", "ports": "80", "sources": anywhere},
-        {"protocol": "tcp", "ports": "443", "sources": anywhere},
-        {"protocol": "icmp", "ports": "0", "sources": anywhere},
-        {"protocol": "tcp", "ports": "0", "sources": peers},
-        {"protocol": "udp", "ports": "0", "sources": peers},
-    ]
-    outbound = [
-        {"protocol": protocol, "ports": "0", "destinations": anywhere}
-        for protocol in ("tcp", "udp", "icmp")
-    ]
-    return {
-        "name": f"dynia-{cluster}",
-        "tags": [tag],
-        "inbound_rules": inbound,
-        "outbound_rules": outbound,
-    }
-
-
-def _firewall_shape(firewall: dict[str, Any]) -> tuple[Any, ...]:
-    """Rules and tags of a firewall, in an order-free form to compare the API's with ours."""
-
-    def rules(key: str, target: str) -> list[str]:
-        normal = []
-        for rule in firewall.get(key) or []:
-            where = {k: sorted(v) for k, v in (rule.get(target) or {}).items() if v}
-            ports = "0" if rule.get("protocol") == "icmp" else str(rule.get("ports"))
-            normal.append(f"{rule.get('protocol')}/{ports}/{sorted(where.items())}")
-        return sorted(normal)
-
-    return (
-        sorted(firewall.get("tags") or []),
-        rules("inbound_rules", "sources"),
-        rules("outbound_rules", "destinations"),
     )
 
 
