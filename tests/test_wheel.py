@@ -154,7 +154,8 @@ def test_render_from_the_wheel_points_ansible_at_the_installed_roles(
 
     project = home / "deploy-config" / cluster.name
     assert (project / "haproxy" / "haproxy.cfg").read_text().strip()
-    assert "reverse_proxy" in (project / "caddy" / "Caddyfile").read_text()
+    for name in cluster.nodes:  # one Caddyfile per node: each binds its own private address
+        assert "reverse_proxy" in (project / "caddy" / f"{name}.Caddyfile").read_text()
     assert sorted(p.name for p in (project / "keepalived").iterdir()) == sorted(
         f"{name}.conf" for name in cluster.nodes
     )
