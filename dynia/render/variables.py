@@ -150,10 +150,7 @@ def firewall_vars(cluster: Cluster) -> dict[str, Any]:
 def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict[str, Any]:
     assert cluster.network is not None, "a cluster with nodes has a network"
     prefix = ipaddress.ip_network(cluster.network.subnet, strict=False).prefixlen
-    peers = sorted(
-        (n.private_ip for n in cluster.nodes.values() if n.name != node.name),
-        key=ipaddress.ip_address,
-    )
+    peers = [address for address in private_addresses(cluster) if address != node.private_ip]
     vips: list[str] = []
     notify = ""
     if cluster.reserved_ip and reserved_ip_mode == "vrrp":
