@@ -7,15 +7,15 @@ import click
 from dynia.cli.complete import cluster_names, node_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
-from dynia.services import cluster_ops
-from dynia.services.cluster_create import CreateRequest, create_cluster
-from dynia.services.clusters import (
+from dynia.operations import cluster_delete, cluster_nodes
+from dynia.operations.cluster_create import CreateRequest, create_cluster
+from dynia.operations.clusters import (
     cluster_details,
     cluster_summary,
     node_health,
     selected_cluster,
 )
-from dynia.services.config import load_defaults
+from dynia.operations.config import load_defaults
 
 
 @click.group("cluster")
@@ -202,7 +202,7 @@ def delete_command(app: AppContext, name: str | None, purge_volumes: bool, yes: 
             f"{len(cluster.routes)} DNS record(s) and its Reserved IP?",
             abort=True,
         )
-    cluster_ops.delete_cluster(
+    cluster_delete.delete_cluster(
         app.layout, store, cluster.name, purge_volumes, progress_line, event_sink()
     )
     click.echo(f"Deleted cluster {cluster.name}.")
@@ -220,7 +220,7 @@ def node_add_command(app: AppContext) -> None:
 
     Example: dynia cluster node add
     """
-    node = cluster_ops.add_node(
+    node = cluster_nodes.add_node(
         app.layout, store_of(app), app.cluster_option, progress_line, event_sink()
     )
     click.echo(f"Added node {node.name} ({node.private_ip}).")
@@ -234,7 +234,7 @@ def node_remove_command(app: AppContext, node: str) -> None:
 
     Example: dynia cluster node remove misty-owl
     """
-    cluster_ops.remove_node(
+    cluster_nodes.remove_node(
         app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
     )
     click.echo(f"Removed node {node}.")
@@ -248,7 +248,7 @@ def node_activate_command(app: AppContext, node: str) -> None:
 
     Example: dynia cluster node activate quiet-fox
     """
-    cluster_ops.activate_node(
+    cluster_nodes.activate_node(
         app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
     )
     click.echo(f"{node} is MASTER and holds the Reserved IP, which answers.")

@@ -7,7 +7,7 @@ import click
 from dynia.cli.complete import cluster_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
-from dynia.services import context as context_service
+from dynia.operations import context as context_service
 
 
 @click.group("context")

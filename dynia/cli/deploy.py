@@ -9,7 +9,7 @@ import click
 from dynia.cli.complete import service_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import event_sink, progress_line, store_of, warn
-from dynia.services.deploy import DeployRequest, deploy_service
+from dynia.operations.deploy import DeployRequest, deploy_service
 
 
 @click.command("deploy")

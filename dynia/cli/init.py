@@ -6,7 +6,7 @@ import click
 
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import store_of
-from dynia.services.config import save_defaults
+from dynia.operations.config import save_defaults
 
 
 @click.command("init")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dynia.services import local_setup
+from dynia.operations import local_setup
 
 
 @click.group("local")

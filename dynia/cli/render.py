@@ -8,8 +8,8 @@ import click
 
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
-from dynia.services.clusters import selected_cluster
-from dynia.services.render import render_cluster
+from dynia.operations.clusters import selected_cluster
+from dynia.operations.deploy_config import render_cluster
 
 
 @click.command("render")

@@ -7,7 +7,7 @@ import click
 from dynia.cli.complete import domain_names, service_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import event_sink, progress_line, store_of, warn
-from dynia.services.deploy import bind_route, unbind_route
+from dynia.operations.deploy import bind_route, unbind_route
 
 
 @click.group("route")

@@ -6,7 +6,7 @@ import click
 
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import event_sink, progress_line, store_of
-from dynia.services import operate
+from dynia.operations import operate
 
 
 @click.command("sync")

@@ -23,7 +23,7 @@ class NodeProviderTraits:
     reserved_ip_mode: Literal["vrrp", "api"]
     default_vrrp_advert_int: float
     # The first host key reached the node in readable user data: Dynia replaces it on first
-    # contact (services/host_keys.py).
+    # contact (operations/host_keys.py).
     bootstrap_host_key: bool = False
 
 

@@ -19,7 +19,7 @@ Host keys are pinned before first contact: the provider generates a bootstrap ed
 pair locally and hands it to cloud-init in the user data (``ssh_keys``), so the public half is
 known before the droplet boots. The user data stays readable through the metadata service by
 anything on the droplet, containers included, so that key is for the first connection only:
-``services/host_keys.py`` has the node generate a fresh key over it, pins that one and removes
+``operations/host_keys.py`` has the node generate a fresh key over it, pins that one and removes
 the bootstrap key (the ``dynia-hostkey-`` tag keeps naming the bootstrap key).
 
 Every call goes through one bounded retry loop (pydo's own retries are off): a 429 waits as

@@ -1,0 +1,161 @@
+"""`dynia cluster create`: planned -> infra-ready, resumable at every step.
+
+Each step is recorded in the cluster's ``completed_steps`` and saved before the next begins, so a
+command interrupted anywhere (Ctrl-C, crash, a failing node) re-runs from where it stopped and
+never creates a second node or Reserved IP: node names are chosen and saved before the provider
+is asked, and providers find existing resources by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynia.errors import RenderError, UsageError
+from dynia.operations import Progress, infra
+from dynia.operations.certificates import check_certificate_options
+from dynia.operations.config import check_slug
+from dynia.operations.rollout import EventSink
+from dynia.paths import HomeLayout
+from dynia.providers import (
+    check_dns_provider,
+    check_node_provider,
+    get_node_provider,
+    node_provider_traits,
+)
+from dynia.render.renderer import check_node_token
+from dynia.state import StateStore, Transaction
+from dynia.state.models import (
+    CERT_ISSUER_LOCAL,
+    STATUS_INFRA_READY,
+    STATUS_PLANNED,
+    Cluster,
+    ClusterSettings,
+    validate_name,
+)
+
+MAX_NODES = 9
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    nodes: int
+    region: str
+    size: str
+    node_provider: str
+    dns_provider: str
+    plan_only: bool = False
+    cert_issuer: str = CERT_ISSUER_LOCAL
+    dns_proxied: bool = False
+    allow_main_token_on_nodes: bool = False  # recorded when given; create never withdraws it
+
+
+def _validate(request: CreateRequest) -> None:
+    try:
+        validate_name("cluster", request.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not 1 <= request.nodes <= MAX_NODES:
+        raise UsageError(
+            f"--nodes must be between 1 and {MAX_NODES}, got {request.nodes}",
+            hint="use 2 or more nodes for failover; 3 is the usual choice",
+        )
+    check_slug("--region", request.region)
+    check_slug("--size", request.size)
+    check_node_provider(request.node_provider)
+    check_dns_provider(request.dns_provider)
+    check_certificate_options(request.dns_provider, request.cert_issuer, request.dns_proxied)
+
+
+def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
+    """Record the planned cluster, or pick up the one a previous run left unfinished."""
+    existing = txn.state.clusters.get(request.name)
+    if existing is not None:
+        mismatched = [
+            flag
+            for flag, mine, theirs in (
+                ("--node-provider", request.node_provider, existing.node_provider),
+                ("--dns-provider", request.dns_provider, existing.dns_provider),
+                ("--region", request.region, existing.region),
+                ("--size", request.size, existing.size),
+                ("--nodes", request.nodes, existing.planned_nodes),
+                (
+                    "--cert-issuer",
+                    request.cert_issuer,
+                    existing.settings.certificate_issuer,
+                ),
+                ("--proxied", request.dns_proxied, existing.settings.dns_proxied),
+            )
+            if mine != theirs
+        ]
+        if mismatched:
+            raise UsageError(
+                f"cluster {request.name!r} already exists with different {', '.join(mismatched)}",
+                hint="re-run with the settings it was created with to resume it, choose another "
+                "--name, or change nodes with `dynia cluster node add|remove`",
+            )
+        if request.allow_main_token_on_nodes:  # consent given again or now; never withdrawn here
+            existing.settings.allow_main_credential_on_nodes = True
+        return existing
+    traits = node_provider_traits(request.node_provider)
+    cluster = Cluster(
+        name=request.name,
+        node_provider=request.node_provider,
+        dns_provider=request.dns_provider,
+        region=request.region,
+        size=request.size,
+        planned_nodes=request.nodes,
+        status=STATUS_PLANNED,
+        settings=ClusterSettings(
+            vrrp_advert_int=traits.default_vrrp_advert_int,
+            certificate_issuer=request.cert_issuer,
+            dns_proxied=request.dns_proxied,
+            allow_main_credential_on_nodes=request.allow_main_token_on_nodes,
+        ),
+    )
+    txn.state.clusters[cluster.name] = cluster
+    txn.save()
+    return cluster
+
+
+def _check_node_token(request: CreateRequest, existing: Cluster | None) -> None:
+    """Refuse before anything is recorded or created what the first render would refuse: a
+    cluster whose nodes move the Reserved IP by API with no token the operator allows there."""
+    if request.plan_only or node_provider_traits(request.node_provider).reserved_ip_mode != "api":
+        return
+    allowed = request.allow_main_token_on_nodes or (
+        existing is not None and existing.settings.allow_main_credential_on_nodes
+    )
+    try:
+        check_node_token(request.name, allowed)
+    except RenderError as exc:
+        message = exc.message.replace("refusing to render", "refusing to create")
+        raise UsageError(message, exc.hint) from exc
+
+
+def create_cluster(
+    layout: HomeLayout,
+    store: StateStore,
+    request: CreateRequest,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> Cluster:
+    """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
+    _validate(request)
+    with store.transaction("dynia cluster create") as txn:
+        _check_node_token(request, txn.state.clusters.get(request.name))
+        cluster = _plan(txn, request)
+        if cluster.status != STATUS_PLANNED:
+            progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")
+            return cluster
+        if request.plan_only:
+            progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
+            return cluster
+        provider = get_node_provider(cluster.node_provider, layout)
+        infra.provision(layout, txn, cluster, provider, request.nodes, progress)
+        infra.roll_out_infra(layout, txn, cluster, provider, progress, on_event)
+        cluster.status = STATUS_INFRA_READY
+        txn.state.current_cluster = cluster.name
+        txn.save()
+        progress(f"Cluster {cluster.name} is infra-ready; current cluster set.")
+        return cluster

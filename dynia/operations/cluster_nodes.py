@@ -1,0 +1,219 @@
+"""Node add / remove / activate: changing a running cluster's shape."""
+
+from __future__ import annotations
+
+import time
+
+from dynia.errors import NotFoundError, UsageError, VerifyError
+from dynia.operations import Progress, infra, rollout
+from dynia.operations.clusters import cluster_transaction, require_provisioned
+from dynia.operations.deploy_config import render_cluster
+from dynia.operations.rollout import EventSink
+from dynia.paths import HomeLayout
+from dynia.providers import get_node_provider
+from dynia.state import StateStore
+from dynia.state.models import (
+    MASTER_PRIORITY,
+    NODE_JOINING,
+    NODE_PROVISIONING,
+    NODE_READY,
+    Cluster,
+    Node,
+)
+
+
+def _node(cluster: Cluster, name: str) -> Node:
+    node = cluster.nodes.get(name)
+    if node is None:
+        raise NotFoundError(
+            f"cluster {cluster.name!r} has no node {name!r}",
+            hint=f"its nodes: {', '.join(sorted(cluster.nodes)) or 'none'}",
+        )
+    return node
+
+
+def add_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> Node:
+    """Create one node, then re-render and roll out so every peer list includes it.
+
+    A node planned, created or half-joined by an interrupted run is finished instead of adding
+    another.
+    """
+    with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
+        require_provisioned(cluster)
+        provider = get_node_provider(cluster.node_provider, layout)
+        public_key = infra.ensure_keys(layout, txn, cluster)
+        unfinished = sorted(
+            n.name for n in cluster.nodes.values() if n.status in (NODE_PROVISIONING, NODE_JOINING)
+        )
+        if unfinished:
+            progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
+        else:
+            unfinished = [n.name for n in infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)]
+        infra.create_planned_nodes(
+            layout, txn, cluster, provider, public_key, progress, created_status=NODE_JOINING
+        )
+        _join(layout, cluster, ",".join(unfinished), progress, on_event)
+        for name in unfinished:
+            cluster.nodes[name].status = NODE_READY
+        txn.save()
+        return cluster.nodes[unfinished[0]]
+
+
+# keepalived on a joining node starts last: started before the MASTER advertises to it, it would
+# hear nobody, claim the Reserved IP and take it from the serving node.
+_HOLD_VRRP = ["keepalived"]
+
+
+def _join(
+    layout: HomeLayout, cluster: Cluster, joining: str, progress: Progress, on_event: EventSink
+) -> None:
+    """Serve on the new node first, then let its peers route to it, then start its VRRP."""
+    progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
+    render_cluster(layout, cluster)
+    hold = {"dynia_bootstrap_hold_components": _HOLD_VRRP}
+    rollout.run(layout, cluster, "bootstrap.yml", on_event, extra_vars=hold, limit=joining)
+    _ship_images(layout, cluster, progress)
+    progress("Starting the services on the new node before any HAProxy routes to it")
+    hold = {"dynia_sync_hold_components": _HOLD_VRRP}
+    rollout.run(layout, cluster, "sync.yml", on_event, extra_vars=hold, limit=joining)
+    progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
+    rollout.run(layout, cluster, "sync.yml", on_event)  # deploy-config is already rendered
+
+
+def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+    if cluster.services:
+        from dynia.operations.images import ship_service_images
+
+        ship_service_images(layout, cluster, list(cluster.services.values()), progress)
+
+
+def remove_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    node_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """Stop the node's VRRP, stop routing to it, delete it.
+
+    A MASTER hands the Reserved IP over to the backup with the highest priority, which keeps the
+    role. Only the remaining nodes are synced, so a node that is already dead can be removed too.
+    State forgets the node only once the provider deleted it: a failed delete can be re-run.
+    """
+    with cluster_transaction(store, cluster_option, "dynia cluster node remove") as (txn, cluster):
+        node = _node(cluster, node_name)
+        if len(cluster.nodes) == 1:
+            raise UsageError(
+                f"{node_name} is the last node of {cluster.name}",
+                hint="delete the whole cluster with `dynia cluster delete` instead",
+            )
+        provider = get_node_provider(cluster.node_provider, layout)
+        infra.adopt_live_master(layout, cluster, progress)
+        was_master = cluster.master is node
+        progress(f"Stopping keepalived on {node_name}, so it never claims the Reserved IP again")
+        _hand_over(layout, cluster, node_name, progress, on_event)
+        if was_master:
+            successor = max(
+                (n for n in cluster.nodes.values() if n is not node),
+                key=lambda n: (n.priority, n.name),
+            )
+            progress(f"{node_name} was MASTER: {successor.name} took over the role")
+            node.priority = 1  # ranked last until it is gone, never taken for the MASTER again
+            infra.set_priorities(cluster, successor.name)
+            infra.attach_reserved_ip(txn, cluster, provider, progress)
+        progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
+        remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
+        del cluster.nodes[node_name]
+        rollout.render_and_sync(layout, cluster, on_event, limit=remaining)
+        progress(f"Deleting {node_name}")
+        provider.delete_node(cluster.name, node.provider_id)
+        infra.write_known_hosts(layout, cluster)
+        txn.save()
+
+
+def _hand_over(
+    layout: HomeLayout, cluster: Cluster, node_name: str, progress: Progress, on_event: EventSink
+) -> None:
+    """Stop keepalived on the node once its requests in flight are done (handover.yml).
+
+    A node that cannot be reached holds nothing: keepalived on the others already moved on.
+    """
+    ports = [cluster.settings.http_port, cluster.settings.https_port]
+    result = rollout.run(
+        layout,
+        cluster,
+        "handover.yml",
+        on_event,
+        extra_vars={"dynia_handover_ports": ports},
+        limit=node_name,
+        raise_on_failure=False,
+    )
+    if not result.ok:
+        progress(f"  {node_name} could not hand over ({', '.join(result.failed_hosts)}); going on")
+
+
+def activate_node(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    node_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> str:
+    """Health-check the target, make it MASTER, check it holds the Reserved IP and answers.
+
+    The target first becomes the first backup; the MASTER then hands the address over once its
+    requests in flight are done, so no request is reset; last, the new priorities roll out.
+    """
+    command = "dynia cluster node activate"
+    with cluster_transaction(store, cluster_option, command) as (txn, cluster):
+        require_provisioned(cluster)
+        target = _node(cluster, node_name)
+        provider = get_node_provider(cluster.node_provider, layout)
+        progress(f"Health-checking {node_name}")
+        rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
+        adopted = infra.adopt_live_master(layout, cluster, progress)
+        current = cluster.master
+        if current is not None and current is not target:
+            progress(f"{node_name} becomes the first backup")
+            target.priority = MASTER_PRIORITY - 1
+            txn.save()  # the inventory's master/backup groups follow the priorities
+            # Only the target's keepalived file changes, unless the live MASTER was just adopted.
+            limit = None if adopted else node_name
+            rollout.render_and_sync(layout, cluster, on_event, limit=limit)
+            progress(f"{current.name} hands the Reserved IP over to {node_name}")
+            _hand_over(layout, cluster, current.name, progress, on_event)
+        infra.set_priorities(cluster, node_name)
+        txn.save()
+        progress("Rolling out the new priorities")
+        rollout.render_and_sync(layout, cluster, on_event)
+        infra.attach_reserved_ip(txn, cluster, provider, progress)
+        if provider.reserved_ip_mode == "vrrp":
+            _wait_until_holder(layout, cluster, target)
+        txn.save()
+        return infra.wait_for_reserved_ip(cluster)
+
+
+def _wait_until_holder(
+    layout: HomeLayout, cluster: Cluster, node: Node, timeout: float = 15.0
+) -> None:
+    """Check on the node itself that keepalived gave it the Reserved IP."""
+    assert cluster.reserved_ip is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if infra.holds_master_address(layout, cluster, node):
+            return
+        time.sleep(0.5)
+    raise VerifyError(
+        f"{node.name} has the highest priority but keepalived did not give it the Reserved IP "
+        f"{cluster.reserved_ip.address} within {timeout:.0f}s",
+        hint="check keepalived on the nodes (`journalctl -u keepalived`), then "
+        "`dynia repair --force`",
+    )

@@ -1,0 +1,327 @@
+"""`dynia deploy` and `dynia route bind|unbind`: services and their public names.
+
+Order matters for safety: everything that can be checked without touching nodes (compose, images,
+names, the DNS zone) is checked first, so bad input changes nothing. A rollout that fails its
+health gate puts the previous service definition back in state and deploy-config, so the nodes,
+the artifact and state agree on the version that is still serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
+from dynia.operations import Progress, certificates, infra, rollout
+from dynia.operations.clusters import get_cluster, require_provisioned, resolve_cluster_name
+from dynia.operations.deploy_config import render_cluster
+from dynia.operations.images import resolve_images, ship_service_images
+from dynia.operations.rollout import EventSink
+from dynia.operations.verify import verify_route
+from dynia.paths import HomeLayout
+from dynia.providers import dns_provider_for
+from dynia.render.compose import inspect_compose, parse_compose
+from dynia.state import StateStore, Transaction
+from dynia.state.models import (
+    STATUS_SERVING,
+    Cluster,
+    Route,
+    Service,
+    validate_domain,
+    validate_http_path,
+    validate_name,
+)
+
+FIRST_INTERNAL_PORT = 20000
+# The compose text is kept in state; a file anywhere near this size is not a compose file.
+COMPOSE_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    name: str
+    compose_path: Path
+    domain: str | None = None
+    health_path: str = "/"
+    container_port: int | None = None
+
+
+@dataclass
+class DeployOutcome:
+    service: str
+    changed: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _checked_name(kind: str, value: str) -> str:
+    try:
+        return validate_name(kind, value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _checked_domain(value: str) -> str:
+    try:
+        return validate_domain(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_health_path(value: str) -> None:
+    # HAProxy, Caddy and the nodes' health checks get the path pasted into their configs.
+    try:
+        validate_http_path("--health-path", value)
+    except ValueError as exc:
+        raise UsageError(
+            f"--health-path must start with '/' and be a plain path, got {value!r}",
+            hint=str(exc),
+        ) from exc
+
+
+def _ready_cluster(txn: Transaction, option: str | None) -> Cluster:
+    cluster = get_cluster(txn.state, resolve_cluster_name(txn.state, option))
+    require_provisioned(cluster)
+    return cluster
+
+
+def _assign_port(cluster: Cluster, name: str) -> int:
+    if name in cluster.services:
+        return cluster.services[name].internal_port
+    taken = {s.internal_port for s in cluster.services.values()}
+    port = FIRST_INTERNAL_PORT
+    while port in taken:
+        port += 1
+    return port
+
+
+def read_compose(path: Path) -> str:
+    """The compose file's text, read with a bound: ``/dev/zero`` or a log file is refused."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(COMPOSE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read compose file {path}: {exc.strerror or exc}",
+            hint="check the path and that the file is readable",
+        ) from exc
+    if len(raw) > COMPOSE_MAX_BYTES:
+        raise UsageError(
+            f"compose file {path} is larger than {COMPOSE_MAX_BYTES // 1024} KiB",
+            hint="a compose file is a few KiB of YAML; check that --compose names the right file",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"compose file {path} is not UTF-8 text (byte {exc.start})",
+            hint="check that --compose names the compose file, and save it as UTF-8",
+        ) from exc
+    # Universal newlines, as a text-mode read gives: the same file hashes the same everywhere.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
+    text = read_compose(request.compose_path)
+    document = parse_compose(text, str(request.compose_path))
+    facts = inspect_compose(document, request.name, request.container_port)
+    _check_health_path(request.health_path)
+    return Service(
+        name=request.name,
+        compose=text,
+        compose_hash=hashlib.sha256(text.encode()).hexdigest(),
+        internal_port=_assign_port(cluster, request.name),
+        container_port=facts.container_port,
+        main_service=facts.main_service,
+        health_path=request.health_path,
+        image_ids=resolve_images(facts.images),
+    )
+
+
+def _restore_previous(
+    layout: HomeLayout,
+    txn: Transaction,
+    previous: Cluster,
+    failure: Exception,
+    progress: Progress,
+    on_event: EventSink,
+) -> None:
+    """Put the previous definition back in state and deploy-config, and on any node it left.
+
+    A health gate stops the roll on the failing node (which restores itself); nodes updated
+    before it are synced back here, so every node serves the previous version again.
+    """
+    txn.state.clusters[previous.name] = previous
+    txn.save()
+    render_cluster(layout, previous, validate=False)
+    result = getattr(failure, "result", None)
+    updated = sorted(
+        name for name, host in (result.hosts.items() if result else []) if host.ok and host.changed
+    )
+    if updated:
+        progress(f"Rolling {', '.join(updated)} back to the previous version")
+        rollout.run(layout, previous, "sync.yml", on_event, limit=",".join(updated))
+    if isinstance(failure, RunnerError):
+        progress("Rollout stopped; the previous version is serving on every node.")
+
+
+def _apply_or_restore(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    previous: Cluster,
+    change: Callable[[], None],
+    progress: Progress,
+    on_event: EventSink,
+) -> None:
+    """Run ``change`` (ship images, roll out); any failure restores ``previous`` everywhere."""
+    try:
+        change()
+    except Exception as failure:
+        _restore_previous(layout, txn, previous, failure, progress, on_event)
+        raise
+
+
+def deploy_service(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    request: DeployRequest,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> DeployOutcome:
+    _checked_name("service", request.name)
+    domain = _checked_domain(request.domain) if request.domain else None
+    with store.transaction("dynia deploy") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        dns = dns_provider_for(cluster, layout) if domain else None
+        if domain and dns:
+            _check_route_free(cluster, domain, request.name)
+            dns.find_zone(domain)
+        service = _build_service(cluster, request)
+        previous = copy.deepcopy(cluster)
+        cluster.services[service.name] = service
+        if domain:
+            cluster.routes.setdefault(domain, Route(domain=domain, service=service.name))
+
+        def change() -> None:
+            if domain:
+                infra.ensure_certificate(layout, txn, cluster)
+            progress(f"Copying images of {service.name} to nodes that lack them")
+            ship_service_images(layout, cluster, [service], progress)
+            progress(f"Rolling out {service.name}, one node at a time")
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
+        _revoke_replaced_certificates(layout, cluster, progress)
+        cluster.status = STATUS_SERVING
+        txn.save()
+        outcome = DeployOutcome(service=service.name, changed=True)
+        if domain and dns:
+            outcome.warnings += _bind_dns(txn, cluster, domain, dns, layout, progress)
+        return outcome
+
+
+def _revoke_replaced_certificates(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+    """Revoke certificates a rollout replaced (Cloudflare Origin CA) that no node serves now."""
+    for line in certificates.revoke_superseded(layout, cluster):
+        progress(line)
+
+
+def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
+    route = cluster.routes.get(domain)
+    if route and route.service != service:
+        raise UsageError(
+            f"{domain} is already bound to service {route.service!r}",
+            hint=f"unbind it first: `dynia route unbind --domain {domain}`",
+        )
+
+
+def _bind_dns(
+    txn: Transaction,
+    cluster: Cluster,
+    domain: str,
+    dns: object,
+    layout: HomeLayout,
+    progress: Progress,
+) -> list[str]:
+    """Create the A record to the Reserved IP, then verify DNS -> TLS -> health path."""
+    assert cluster.reserved_ip is not None
+    progress(f"DNS: {domain} -> {cluster.reserved_ip.address}")
+    record = dns.upsert_a_record(domain, cluster.reserved_ip.address)  # type: ignore[attr-defined]
+    cluster.routes[domain].dns_record_id = record.id
+    txn.save()
+    try:
+        answer = verify_route(layout, cluster, domain, dns)  # type: ignore[arg-type]
+        progress(f"Verified: {answer}")
+        return []
+    except VerifyError as exc:
+        return [f"{exc.message} (the service keeps running; {exc.hint or 'check DNS'})"]
+
+
+def bind_route(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    domain_value: str,
+    service_name: str,
+    progress: Progress,
+    on_event: EventSink = None,
+    https_only: bool | None = None,
+) -> list[str]:
+    """Route the domain to the service; ``https_only`` None keeps the route's setting."""
+    domain = _checked_domain(domain_value)
+    with store.transaction("dynia route bind") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        if service_name not in cluster.services:
+            raise NotFoundError(
+                f"cluster {cluster.name!r} has no service {service_name!r}",
+                hint="deploy it first with `dynia deploy --name ... --compose ...`",
+            )
+        _check_route_free(cluster, domain, service_name)
+        dns = dns_provider_for(cluster, layout)
+        dns.find_zone(domain)
+        previous = copy.deepcopy(cluster)
+        route = cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
+        if https_only is not None:
+            route.https_only = https_only
+
+        def change() -> None:
+            infra.ensure_certificate(layout, txn, cluster)
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
+        _revoke_replaced_certificates(layout, cluster, progress)
+        return _bind_dns(txn, cluster, domain, dns, layout, progress)
+
+
+def unbind_route(
+    layout: HomeLayout,
+    store: StateStore,
+    cluster_option: str | None,
+    domain_value: str,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    domain = _checked_domain(domain_value)
+    with store.transaction("dynia route unbind") as txn:
+        cluster = _ready_cluster(txn, cluster_option)
+        if domain not in cluster.routes:
+            raise NotFoundError(
+                f"{domain} is not bound in cluster {cluster.name!r}",
+                hint=f"bound domains: {', '.join(sorted(cluster.routes)) or 'none'}",
+            )
+        dns = dns_provider_for(cluster, layout)
+        progress(f"Deleting DNS record {domain}")
+        dns.delete_a_record(domain)
+        cluster.routes[domain].dns_record_id = None
+        txn.save()
+        previous = copy.deepcopy(cluster)
+        del cluster.routes[domain]
+
+        def change() -> None:
+            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+
+        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)

@@ -1,0 +1,323 @@
+"""The infra layer shared by create, node add/remove/activate and repair.
+
+Every step checks ``completed_steps`` (or the record it would create) first and saves after
+itself, so running it again is always safe.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dynia import naming, ssh
+from dynia.errors import VerifyError
+from dynia.operations import Progress, certificates, host_keys, rollout
+from dynia.operations.rollout import EventSink
+from dynia.paths import HomeLayout
+from dynia.providers import get_node_provider, node_provider_traits
+from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.render.variables import master_marker
+from dynia.ssh import SshError
+from dynia.state import Transaction
+from dynia.state.models import (
+    BACKUP_PRIORITY,
+    MASTER_PRIORITY,
+    NODE_PROVISIONING,
+    NODE_READY,
+    Cluster,
+    Network,
+    Node,
+    ReservedIp,
+)
+
+STEP_KEYS = "ssh-keys"
+STEP_NETWORK = "network"
+STEP_NODES = "nodes"
+STEP_RESERVED_IP = "reserved-ip"
+STEP_TLS = "tls"
+STEP_BOOTSTRAP = "bootstrap"
+STEP_SYNC = "sync"
+STEP_ATTACH = "reserved-ip-attached"
+STEP_ROLLOUT_STARTED = "rollout-started"
+
+
+def ensure_keys(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> str:
+    """The cluster's SSH key pair (made once); returns the public key line."""
+    public = ssh.generate_key_pair(layout.ssh_private_key(cluster.name), f"dynia-{cluster.name}")
+    if not cluster.step_done(STEP_KEYS):
+        cluster.mark_step(STEP_KEYS)
+        txn.save()
+    return public
+
+
+def write_known_hosts(layout: HomeLayout, cluster: Cluster) -> None:
+    """Pin every node's host keys; nothing else is trusted when Ansible connects."""
+    ssh.write_known_hosts(
+        layout.known_hosts(cluster.name),
+        {n.public_ip: n.host_keys for n in cluster.nodes.values() if n.host_keys},
+    )
+
+
+def next_priority(cluster: Cluster) -> int:
+    if not cluster.nodes:
+        return MASTER_PRIORITY
+    backups = [n.priority for n in cluster.nodes.values() if n.priority < MASTER_PRIORITY]
+    return min(backups, default=BACKUP_PRIORITY + 1) - 1
+
+
+def plan_nodes(txn: Transaction, cluster: Cluster, count: int) -> list[Node]:
+    """Choose and save names for nodes not yet created, so a re-run asks for the same ones."""
+    while len(cluster.nodes) < count:
+        name = naming.new_node_name(set(cluster.nodes))
+        cluster.nodes[name] = Node(
+            name=name,
+            provider_id="",
+            public_ip="",
+            private_ip="",
+            priority=next_priority(cluster),
+            status=NODE_PROVISIONING,
+        )
+    txn.save()
+    return [n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING]
+
+
+def create_planned_nodes(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    public_key: str,
+    progress: Progress,
+    created_status: str = NODE_READY,
+) -> None:
+    pending = sorted(
+        (n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING), key=lambda n: n.name
+    )
+    for index, node in enumerate(pending, start=1):
+        progress(f"  node {index}/{len(pending)} {node.name}: creating")
+        started = time.monotonic()
+        made = provider.create_node(
+            NodeSpec(cluster.name, node.name, cluster.region, cluster.size, public_key)
+        )
+        node.provider_id = made.provider_id
+        node.public_ip = made.public_ip
+        node.private_ip = made.private_ip
+        if node_provider_traits(cluster.node_provider).bootstrap_host_key:
+            # A rotation cut short pinned the fresh key too: keep it, the node may present it.
+            node.host_keys = list(dict.fromkeys([*made.host_keys, *node.host_keys]))
+            write_known_hosts(layout, cluster)
+            txn.save()
+            host_keys.rotate_host_keys(layout, txn, cluster, node, progress)
+        else:
+            node.host_keys = list(made.host_keys)
+        node.status = created_status
+        write_known_hosts(layout, cluster)
+        txn.save()
+        progress(
+            f"  node {index}/{len(pending)} {node.name}: ready at {node.public_ip} "
+            f"({time.monotonic() - started:.1f}s)"
+        )
+
+
+def provision(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    count: int,
+    progress: Progress,
+) -> None:
+    """Keys, network, nodes, Reserved IP and certificate: everything that exists before config."""
+    public_key = ensure_keys(layout, txn, cluster)
+    if cluster.network is None:
+        progress("Creating the cluster network")
+        info = provider.ensure_network(cluster.name)
+        cluster.network = Network(info.name, info.subnet, info.interface, info.gateway)
+        cluster.mark_step(STEP_NETWORK)
+        txn.save()
+    progress(f"Provisioning {count} node(s) with the {provider.name} provider")
+    plan_nodes(txn, cluster, count)
+    create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
+    cluster.mark_step(STEP_NODES)
+    if cluster.reserved_ip is None:
+        info = provider.allocate_reserved_ip(cluster.name, cluster.region)
+        cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
+        cluster.mark_step(STEP_RESERVED_IP)
+        txn.save()
+        progress(f"Reserved IP {info.address} allocated")
+    ensure_certificate(layout, txn, cluster)
+
+
+def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> None:
+    """Issue the cluster certificate if it is missing, lacks a routed domain or has the wrong CA.
+
+    The CA is the cluster's ``certificate_issuer`` (see ``services/certificates.py``).
+    """
+    if not certificates.needs_new_certificate(layout, cluster):
+        return
+    bundle = certificates.issue_certificate(layout, cluster)
+    cluster.tls_fingerprint = bundle.fingerprint_sha256
+    cluster.mark_step(STEP_TLS)
+    txn.save()
+
+
+def roll_out_infra(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """Render, bootstrap the nodes, roll the configs out and put the Reserved IP on the MASTER."""
+    from dynia.operations.deploy_config import render_cluster
+
+    # A rollout cut short may have copied a config whose reload handler never ran: the file then
+    # matches, so a plain re-run would leave the component on its old config. Resumed, every
+    # component is reloaded from the files on the node.
+    resumed = cluster.step_done(STEP_ROLLOUT_STARTED)
+    cluster.mark_step(STEP_ROLLOUT_STARTED)
+    txn.save()
+    progress("Rendering deploy-config")
+    render_cluster(layout, cluster)
+    progress("Preparing nodes (bootstrap)")
+    rollout.run(layout, cluster, "bootstrap.yml", on_event)
+    cluster.mark_step(STEP_BOOTSTRAP)
+    txn.save()
+    progress(
+        "Rolling sync, one node at a time" + (", reloading every component" if resumed else "")
+    )
+    rollout.run(
+        layout, cluster, "sync.yml", on_event, {"dynia_sync_force": True} if resumed else None
+    )
+    cluster.mark_step(STEP_SYNC)
+    txn.save()
+    record_elected_master(layout, txn, cluster, progress, on_event)
+    attach_reserved_ip(txn, cluster, provider, progress)
+
+
+def record_elected_master(
+    layout: HomeLayout,
+    txn: Transaction,
+    cluster: Cluster,
+    progress: Progress,
+    on_event: EventSink = None,
+) -> None:
+    """After keepalived (re)started on every node, make state's MASTER the node it elected.
+
+    Without preemption the first node to start wins, whatever its priority; the new
+    priorities roll out so the files on the nodes match state again.
+    """
+    if adopt_live_master(layout, cluster, progress, wait=15):
+        txn.save()
+        rollout.render_and_sync(layout, cluster, on_event)
+
+
+def attach_reserved_ip(
+    txn: Transaction, cluster: Cluster, provider: NodeProvider, progress: Progress
+) -> None:
+    """Point the Reserved IP at the MASTER and check the cluster answers on it."""
+    master = cluster.master
+    assert master is not None and cluster.reserved_ip is not None
+    if provider.reserved_ip_mode == "api":
+        info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
+        provider.attach_reserved_ip(info, master.provider_id)
+    cluster.reserved_ip.attached_to = master.name
+    wait_for_reserved_ip(cluster)
+    cluster.mark_step(STEP_ATTACH)
+    txn.save()
+    progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
+
+
+def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
+    """Wait until a node's Caddy answers through the Reserved IP; returns the answer's status.
+
+    The controller is a client like any other: HAProxy keeps the health path for the nodes
+    (404), so the probe asks for a host no route serves. Caddy answers it (404, "no route for
+    this host"); HAProxy itself answers 503 while no node passes its health check.
+    """
+    import urllib.error
+    import urllib.request
+
+    assert cluster.reserved_ip is not None
+    url = f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}/"
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # a node answered; only HAProxy's own errors are 5xx here
+                return f"HTTP {exc.code}"
+            last_error = f"HTTP {exc.code}"
+        except OSError as exc:
+            last_error = str(exc)
+        time.sleep(0.5)
+    raise VerifyError(
+        f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
+        f"{timeout:.0f}s ({last_error})",
+        hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
+    )
+
+
+def adopt_live_master(
+    layout: HomeLayout, cluster: Cluster, progress: Progress, wait: float = 0.0
+) -> bool:
+    """Make the node keepalived elected the MASTER in state too.
+
+    keepalived runs without preemption: a node that failed and came back stays BACKUP, so the
+    node holding the address can differ from the one state ranks first. Handover, activation
+    and the Reserved IP's attachment must start from the real holder. Returns whether the
+    priorities changed (their keepalived files then need a sync). ``wait``: seconds to give
+    keepalived to elect a MASTER when no node holds the address yet (keepalived just started).
+    """
+    deadline = time.monotonic() + wait
+    holder = live_master(layout, cluster)
+    while holder is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        holder = live_master(layout, cluster)
+    if holder is None or holder is cluster.master:
+        return False
+    progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")
+    set_priorities(cluster, holder.name)
+    return True
+
+
+def live_master(layout: HomeLayout, cluster: Cluster) -> Node | None:
+    """The node that holds the MASTER's address now, asked over SSH; None when none answers."""
+    for node in sorted(cluster.nodes.values(), key=lambda n: (-n.priority, n.name)):
+        if holds_master_address(layout, cluster, node):
+            return node
+    return None
+
+
+def holds_master_address(layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
+    """Whether keepalived gave ``node`` the MASTER's address: the Reserved IP itself, or in API
+    mode the MASTER's marker on lo. A node that cannot be reached holds nothing."""
+    if cluster.reserved_ip is None or not node.public_ip:
+        return False
+    api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
+    address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
+    try:
+        done = ssh.run_ssh(
+            node.public_ip,
+            layout.ssh_private_key(cluster.name),
+            layout.known_hosts(cluster.name),
+            ["ip", "-4", "-o", "addr", "show"],
+            timeout=10,
+            check=False,
+        )
+    except SshError:
+        return False
+    return f" {address}/" in done.stdout.decode(errors="replace")
+
+
+def set_priorities(cluster: Cluster, master: str) -> None:
+    """``master`` gets the MASTER priority; the others keep their order below it."""
+    others = sorted(
+        (n for n in cluster.nodes.values() if n.name != master),
+        key=lambda n: (-n.priority, n.name),
+    )
+    cluster.nodes[master].priority = MASTER_PRIORITY
+    for index, node in enumerate(others):
+        node.priority = BACKUP_PRIORITY - index

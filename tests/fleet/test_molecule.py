@@ -1,0 +1,99 @@
+"""Every role's Molecule scenario, run as an operator runs it: `molecule test -s <role>`.
+
+Each scenario creates its platforms as real local-fleet nodes, converges the role, checks
+idempotence and verifies behaviour: HAProxy balances, Caddy routes by Host, keepalived moves the
+virtual address; containers and compose projects run with the exported compose command; a compose
+project answers on its port, keeps its volume across down/up and loses it on purge; a sync copies
+only the changed file, reloads only its component, and a failed health check puts the previous
+file back. The scenario's destroy removes the nodes, also when a step fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+SCENARIO_TIMEOUT = 900
+STEPS = ("create", "converge", "idempotence", "verify", "destroy")
+SCENARIOS = [
+    "haproxy",
+    "caddy",
+    "keepalived",
+    "dynia_node",
+    "dynia_service",
+    "dynia_sync",
+    "dynia_firewall",
+]
+
+pytestmark = pytest.mark.molecule
+
+
+def _docker_names(prefix: str) -> set[str]:
+    """Containers, networks and volumes whose name starts with ``prefix``."""
+    names: set[str] = set()
+    for argv in (
+        ["docker", "ps", "-a", "--format", "{{.Names}}"],
+        ["docker", "network", "ls", "--format", "{{.Name}}"],
+        ["docker", "volume", "ls", "--format", "{{.Name}}"],
+    ):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        names.update(name for name in out.split() if name.startswith(prefix))
+    return names
+
+
+def _succeeded(output: str, scenario: str, step: str) -> int:
+    """How many times Molecule's recap reports ``step`` of ``scenario`` as successful."""
+    # The recap reads "caddy ➜ verify: ..." on a terminal and "caddy > verify: ..." otherwise.
+    pattern = rf"^{scenario} (?:➜|>) {step}: Executed: Successful"
+    return len(re.findall(pattern, output, flags=re.MULTILINE))
+
+
+def _molecule(args: list[str], ephemeral: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The venv's ansible-playbook must be the one Molecule finds; a private ephemeral directory
+    # keeps two runs of the same scenario from sharing inventory or fleet.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["MOLECULE_EPHEMERAL_DIRECTORY"] = str(ephemeral)
+    env["NO_COLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    return subprocess.run(
+        [str(VENV_BIN / "molecule"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str, node_image: str, tmp_path: Path) -> None:
+    prefix = f"dynia-mol-{scenario}-"
+    before = _docker_names(prefix)
+    ephemeral = tmp_path / "molecule"
+    started = time.monotonic()
+    try:
+        result = _molecule(["test", "-s", scenario], ephemeral, SCENARIO_TIMEOUT)
+    finally:
+        # A run killed by the timeout never reached its own destroy step.
+        _molecule(["destroy", "-s", scenario], ephemeral, 300)
+    print(f"molecule test -s {scenario}: {time.monotonic() - started:.1f} s")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    steps = [*STEPS, "side_effect"] if scenario == "keepalived" else list(STEPS)
+    for step in steps:
+        assert _succeeded(output, scenario, step) >= 1, f"{step} did not run: {output[-6000:]}"
+    if scenario == "keepalived":
+        # verify runs before and after the failover side effect.
+        assert _succeeded(output, scenario, "verify") >= 2
+    after = _docker_names(prefix)
+    assert after <= before, f"scenario left Docker resources behind: {sorted(after - before)}"
