@@ -21,11 +21,8 @@ from dynia.errors import ProviderError
 from dynia.paths import HomeLayout
 from dynia.providers import get_dns_provider
 from dynia.providers.base import DnsProvider
-from dynia.providers.local.dns import (
-    DNS_SERVER_APT_PACKAGE,
-    LocalDnsProvider,
-    find_dns_server_binary,
-)
+from dynia.providers.local.dns import LocalDnsProvider
+from dynia.providers.local.nsd import DNS_SERVER_APT_PACKAGE, find_dns_server_binary
 
 
 @pytest.fixture(scope="session", autouse=True)
