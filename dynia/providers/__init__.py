@@ -68,7 +68,7 @@ def get_node_provider(name: str, layout: HomeLayout) -> NodeProvider:
         from dynia.providers.local.nodes import LocalNodeProvider
 
         return LocalNodeProvider(home=layout.root)
-    from dynia.providers.digitalocean import DigitalOceanNodeProvider
+    from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider
 
     return DigitalOceanNodeProvider()
 

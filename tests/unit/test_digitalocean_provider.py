@@ -21,7 +21,8 @@ from fakes import FakeDigitalOcean
 
 from dynia.errors import ProviderError
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
-from dynia.providers.digitalocean import DigitalOceanNodeProvider, RetryPolicy, Timeouts
+from dynia.providers.digitalocean.api import RetryPolicy
+from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
 from dynia.render.renderer import template_environment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,7 +306,7 @@ def test_plain_http_to_a_public_host_is_refused(fake: FakeDigitalOcean) -> None:
 def test_token_never_appears_in_errors_or_reprs(
     fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
 ) -> None:
-    seen: list[str] = [repr(provider), str(vars(provider).get("_token"))]
+    seen: list[str] = [repr(provider), str(vars(provider._api).get("_token"))]
     fake.droplet_limit = 0
     fake.server_errors(50, path_prefix="/v2/vpcs")
     for action in (

@@ -23,7 +23,8 @@ from sample_state import sample_cluster, save_sample
 from dynia.errors import ProviderError, RenderError
 from dynia.paths import HomeLayout
 from dynia.providers.base import NodeSpec
-from dynia.providers.digitalocean import DigitalOceanNodeProvider, RetryPolicy, Timeouts
+from dynia.providers.digitalocean.api import RetryPolicy
+from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
 from dynia.render.renderer import Renderer
 
 MAIN = "dop_v1_" + "a" * 64

@@ -24,7 +24,8 @@ from fakes._http import Exchange
 from dynia.errors import ProviderError
 from dynia.providers.base import NodeSpec
 from dynia.providers.cloudflare import CloudflareDnsProvider
-from dynia.providers.digitalocean import DigitalOceanNodeProvider, RetryPolicy, Timeouts
+from dynia.providers.digitalocean.api import RetryPolicy
+from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
 
 # The paths the fake serves, vendored from DigitalOcean's description (Apache-2.0) by
 # tests/fakes/openapi/vendor_digitalocean.py; every $ref in it is internal.
@@ -228,7 +229,7 @@ def test_a_request_the_description_does_not_allow_is_refused_by_the_fake() -> No
     with FakeDigitalOcean() as fake:
         provider = DigitalOceanNodeProvider(fake.token, api_url=fake.api_url, region="fra1")
         with pytest.raises(ProviderError, match="does not conform"):
-            provider._call("creating a VPC", provider._client.vpcs.create, {"name": "x"})
+            provider._api.call("creating a VPC", provider._client.vpcs.create, {"name": "x"})
         assert not [v for v in fake.vpcs.values() if not v["default"]]
         [violation] = fake.request_violations
         assert "POST /v2/vpcs" in violation and "'region' is a required property" in violation

@@ -22,18 +22,10 @@ anything on the droplet, containers included, so that key is for the first conne
 ``operations/host_keys.py`` has the node generate a fresh key over it, pins that one and removes
 the bootstrap key (the ``dynia-hostkey-`` tag keeps naming the bootstrap key).
 
-Every call goes through one bounded retry loop (pydo's own retries are off): a 429 waits as
-``Retry-After`` says (else until ``ratelimit-reset``), 5xx, timeouts and connection failures back
-off exponentially. Connect and read are bounded per request, every operation (its tries and
-waits together) by a deadline, and each wait is reported through ``progress`` so a slow API is
-visible. A create is never sent twice blindly: before any re-send the provider looks the resource
-up by the name or tags it carries, since a 5xx or a read timeout does not mean the API dropped it.
-Errors become ``ProviderError`` naming the operation and what to do. The token is a
-:class:`~dynia.providers.credentials.Secret` and never appears in messages or reprs.
-
-Environment: ``DIGITALOCEAN_TOKEN`` (else the credentials file, see ``credentials.py``),
-``DIGITALOCEAN_API_URL`` (default ``https://api.digitalocean.com``; plain ``http`` only to a
-loopback or private address, e.g. a local test API).
+Every call goes through the API client of ``api.py`` (bounded retries, errors as
+``ProviderError``); a create there is given a lookup by the name or tags the resource carries,
+so a retried create never makes a second one. Waits for DigitalOcean's asynchronous work (a
+droplet booting, an action, a VPC emptying) are bounded by :class:`Timeouts`.
 """
 
 from __future__ import annotations
@@ -41,68 +33,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import logging
-import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
-import pydo
 import yaml
-from azure.core.exceptions import (
-    HttpResponseError,
-    ServiceRequestError,
-    ServiceRequestTimeoutError,
-    ServiceResponseError,
-    ServiceResponseTimeoutError,
-)
-from azure.core.pipeline.policies import HeadersPolicy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dynia.endpoints import check_url_shape
-from dynia.errors import ProviderError, UsageError
+from dynia.errors import ProviderError
 from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
-from dynia.providers.credentials import Secret, lookup_token
+from dynia.providers.credentials import Secret
+from dynia.providers.digitalocean.api import (
+    ApiError,
+    DigitalOceanApi,
+    Progress,
+    RetryPolicy,
+    field,
+    is_missing,
+)
 
-TOKEN_ENV = "DIGITALOCEAN_TOKEN"
-API_URL_ENV = "DIGITALOCEAN_API_URL"
-DEFAULT_API_URL = "https://api.digitalocean.com"
 DEFAULT_IMAGE = "ubuntu-24-04-x64"
 PRIVATE_INTERFACE = "eth1"  # DigitalOcean attaches the VPC network as the second interface
-TOKEN_SCOPES = (
-    "a DigitalOcean API token (https://cloud.digitalocean.com/account/api/tokens) with "
-    "custom scopes droplet:create/read/delete, ssh_key:create/read/delete, "
-    "vpc:create/read/delete, reserved_ip:create/read/update/delete, tag:create/read, "
-    "actions:read, account:read, regions:read, sizes:read, image:read"
-)
-QUOTA_HINT = (
-    "delete droplets you no longer use or ask DigitalOcean to raise the droplet limit "
-    "(https://cloud.digitalocean.com/account/team), or create the cluster with fewer --nodes; "
-    "then re-run the same command"
-)
-STATUS_HINT = "check https://status.digitalocean.com and re-run the same command; it resumes"
-
-Progress = Callable[[str], None]
-log = logging.getLogger(__name__)
-
-
-def _log_progress(message: str) -> None:
-    # Without a progress sink from the caller, a warning still reaches stderr (logging's
-    # last-resort handler), so a command waiting on the API never sits there silently.
-    log.warning("%s", message)
-
-
-class ApiError(ProviderError):
-    """A ProviderError that also carries the HTTP status and DigitalOcean's message."""
-
-    def __init__(self, message: str, hint: str, *, status: int, api_message: str) -> None:
-        super().__init__(message, hint)
-        self.status = status
-        self.api_message = api_message
 
 
 @dataclass(frozen=True)
@@ -114,20 +68,6 @@ class Timeouts:
     action: float = 120.0  # a reserved-IP action to complete
     vpc_release: float = 120.0  # a VPC to lose its members after the droplets are gone
     poll_interval: float = 3.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds of the retry loop around every API call."""
-
-    attempts: int = 6
-    base_delay: float = 1.0  # first backoff for 5xx / connection errors, doubled each time
-    max_delay: float = 60.0  # longest single wait, also for Retry-After or a rate-limit reset
-    connect_timeout: float = 10.0  # to open a connection to the API
-    # Between two reads of an answer. azure-core's default is 300 s: with 6 tries a hung API
-    # would stall a command for half an hour.
-    read_timeout: float = 30.0
-    deadline: float = 300.0  # one operation: all its tries and waits together
 
 
 @dataclass
@@ -175,37 +115,6 @@ def ssh_fingerprint(public_key: str) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def _is_missing(body: Any) -> bool:
-    """pydo returns the 404 body instead of raising for many operations."""
-    return isinstance(body, dict) and body.get("id") == "not_found"
-
-
-def _check_endpoint(url: str) -> str:
-    # The same URL is written into the nodes' notify-master script: it must be a plain URL.
-    try:
-        check_url_shape(API_URL_ENV, url)
-    except UsageError as exc:
-        raise ProviderError(exc.message, exc.hint) from exc
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProviderError(
-            f"{API_URL_ENV}={url!r} is not an http(s) URL",
-            hint=f"unset {API_URL_ENV} to use {DEFAULT_API_URL}",
-        )
-    if parts.scheme == "http":
-        try:
-            address = ipaddress.ip_address(socket.gethostbyname(parts.hostname))
-        except (OSError, ValueError):
-            address = None
-        if address is None or not (address.is_loopback or address.is_private):
-            raise ProviderError(
-                f"{API_URL_ENV} points at {parts.hostname} over plain http: the token would "
-                "cross the network unencrypted",
-                hint=f"use https, or unset {API_URL_ENV}",
-            )
-    return url.rstrip("/")
-
-
 class DigitalOceanNodeProvider:
     """``NodeProvider`` on DigitalOcean. Construct once per command; it holds one API client."""
 
@@ -225,178 +134,18 @@ class DigitalOceanNodeProvider:
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
     ) -> None:
-        if isinstance(token, str):
-            token = Secret(token)
-        self._token = token or lookup_token(TOKEN_ENV, scopes_hint=TOKEN_SCOPES)
-        self.api_url = _check_endpoint(api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL)
+        self._api = DigitalOceanApi(
+            token, api_url=api_url, retry=retry, sleep=sleep, progress=progress
+        )
+        self._client = self._api.client
         self.region = region
         self.image = image
         self.ssh_port = ssh_port
         self.timeouts = timeouts or Timeouts()
-        self.retry = retry or RetryPolicy()
         self._sleep = sleep
-        self._progress = progress or _log_progress
-        # A headers policy instead of azure's bearer policy: the latter refuses http endpoints,
-        # and the endpoint check above already keeps plain http local.
-        auth = HeadersPolicy({"Authorization": f"Bearer {self._token.reveal()}"})
-        self._client = pydo.Client(
-            token=self._token.reveal(),
-            endpoint=self.api_url,
-            authentication_policy=auth,
-            retry_total=0,
-            connection_timeout=self.retry.connect_timeout,
-            read_timeout=self.retry.read_timeout,
-        )
 
     def __repr__(self) -> str:
-        return f"DigitalOceanNodeProvider(api_url={self.api_url!r}, region={self.region!r})"
-
-    # -- the retry loop ------------------------------------------------------------------------
-
-    def _call(
-        self,
-        what: str,
-        operation: Callable[..., Any],
-        *args: Any,
-        recover: Callable[[], Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Run one API operation with bounded retries; translate failures to ProviderError.
-
-        ``recover`` makes a non-idempotent call (a create) safe to retry: before every re-send
-        it looks for what the earlier try may have made (a 5xx or a read timeout can come after
-        the API accepted the request); a result other than None is returned instead.
-        """
-        deadline = time.monotonic() + self.retry.deadline
-        for attempt in range(1, self.retry.attempts + 1):
-            if attempt > 1 and recover is not None:
-                found = recover()
-                if found is not None:
-                    self._progress(f"DigitalOcean accepted the earlier try of {what} after all")
-                    return found
-            try:
-                return operation(*args, **kwargs)
-            except HttpResponseError as exc:
-                delay, reason = self._http_retry(what, exc, attempt, deadline)
-            except (ServiceRequestError, ServiceResponseError) as exc:
-                delay, reason = self._network_retry(what, exc, attempt, deadline)
-            self._progress(
-                f"DigitalOcean API: {reason} while {what}; waiting {delay:.3g}s before try "
-                f"{attempt + 1} of {self.retry.attempts}"
-            )
-            self._sleep(delay)
-        raise AssertionError("unreachable")  # the last attempt always returns or raises
-
-    def _gives_up(self, attempt: int, deadline: float, delay: float | None) -> bool:
-        if delay is None or attempt >= self.retry.attempts:
-            return True
-        return time.monotonic() + delay > deadline
-
-    def _http_retry(
-        self, what: str, exc: HttpResponseError, attempt: int, deadline: float
-    ) -> tuple[float, str]:
-        """(delay, reason) before the next try; raises when the failure is final."""
-        status = exc.status_code or 0
-        delay = self._retry_delay(exc, attempt) if status == 429 or status >= 500 else None
-        if delay is None or self._gives_up(attempt, deadline, delay):
-            raise self._translate(what, exc, attempt) from None
-        if status == 429:
-            return delay, "rate limit reached (HTTP 429)"
-        return delay, f"HTTP {status} ({_api_message(exc)})"
-
-    def _network_retry(
-        self, what: str, exc: ServiceRequestError, attempt: int, deadline: float
-    ) -> tuple[float, str]:
-        if isinstance(exc, ServiceResponseTimeoutError):
-            reason = f"no answer within {self.retry.read_timeout:.0f}s"
-        elif isinstance(exc, ServiceRequestTimeoutError):
-            reason = f"no connection within {self.retry.connect_timeout:.0f}s"
-        else:
-            reason = f"connection failed ({type(exc).__name__})"
-        delay = self._backoff(attempt)
-        if self._gives_up(attempt, deadline, delay):
-            raise ProviderError(
-                f"the DigitalOcean API at {self.api_url} failed while {what}: {reason}, "
-                f"{attempt} tries",
-                hint=f"check the network, {API_URL_ENV} and https://status.digitalocean.com; "
-                "then re-run the same command, it resumes where it stopped",
-            ) from None
-        return delay, reason
-
-    def _backoff(self, attempt: int) -> float:
-        return min(self.retry.base_delay * 2 ** (attempt - 1), self.retry.max_delay)
-
-    def _retry_delay(self, exc: HttpResponseError, attempt: int) -> float | None:
-        """Seconds to wait before the next try, or None when waiting is pointless."""
-        if exc.status_code != 429:
-            return self._backoff(attempt)
-        wait = _rate_limit_wait(exc)
-        if wait is None:
-            return self._backoff(attempt)
-        if wait > self.retry.max_delay:
-            return None  # the window is longer than we are willing to block
-        return max(wait, 0.2)
-
-    def _translate(self, what: str, exc: HttpResponseError, attempts: int) -> ApiError:
-        status = exc.status_code or 0
-        message = _api_message(exc)
-        text, hint = self._explain(what, status, message, exc, attempts)
-        return ApiError(text, hint, status=status, api_message=message)
-
-    def _explain(
-        self, what: str, status: int, message: str, exc: HttpResponseError, attempts: int
-    ) -> tuple[str, str]:
-        if status == 401:
-            return (
-                f"DigitalOcean rejected the API token while {what} (401: {message})",
-                f"{TOKEN_ENV} is missing, mistyped, expired or revoked; set it to {TOKEN_SCOPES}",
-            )
-        if "limit" in message.lower() and status in (403, 422):
-            return (f"DigitalOcean quota reached while {what}: {message}", QUOTA_HINT)
-        if status == 403:
-            return (
-                f"the DigitalOcean token may not do this: {what} was refused (403: {message})",
-                f"give {TOKEN_ENV} the missing scope; it needs {TOKEN_SCOPES}",
-            )
-        if status == 429:
-            wait = _rate_limit_wait(exc)
-            when = time.strftime("%H:%M:%S", time.localtime(time.time() + (wait or 60)))
-            return (
-                f"DigitalOcean rate limit still exceeded while {what} after {attempts} attempts",
-                f"wait until {when} and re-run the same command; it resumes where it stopped",
-            )
-        if status >= 500:
-            return (
-                f"the DigitalOcean API kept failing while {what} "
-                f"(HTTP {status} after {attempts} attempts: {message})",
-                STATUS_HINT,
-            )
-        return (f"DigitalOcean refused {what} (HTTP {status}: {message})", _refusal_hint(status))
-
-    def _list_all(self, what: str, operation: Callable[..., Any], key: str, **kw: Any) -> list:
-        """Every item of a paginated list, following ``links.pages.next``."""
-        items: list[Any] = []
-        page = 1
-        for _ in range(10_000):
-            body = self._call(what, operation, page=page, per_page=200, **kw)
-            items.extend(body.get(key) or [])
-            next_url = ((body.get("links") or {}).get("pages") or {}).get("next")
-            if not next_url:
-                return items
-            page = int(parse_qs(urlsplit(next_url).query).get("page", [page + 1])[0])
-        raise ProviderError(f"DigitalOcean kept paginating while {what}", hint="re-run")
-
-    def _create(
-        self,
-        what: str,
-        operation: Callable[[dict[str, Any]], Any],
-        body: dict[str, Any],
-        key: str,
-        find: Callable[[], dict[str, Any] | None],
-    ) -> dict[str, Any]:
-        """POST a create and return ``body[key]`` of the answer; ``find`` looks the resource up
-        (by the name or tags it carries) before any re-send, so a retry never makes a second."""
-        return self._call(what, lambda: _field(operation(body), key, what), recover=find)
+        return f"DigitalOceanNodeProvider(api_url={self._api.api_url!r}, region={self.region!r})"
 
     def _wait(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
         """Poll ``check`` until it returns something truthy; bounded by ``timeout``."""
@@ -416,7 +165,7 @@ class DigitalOceanNodeProvider:
     # -- network -------------------------------------------------------------------------------
 
     def _vpcs(self) -> list[dict[str, Any]]:
-        return self._list_all("listing VPCs", self._client.vpcs.list, "vpcs")
+        return self._api.list_all("listing VPCs", self._client.vpcs.list, "vpcs")
 
     def _find_vpc(self, cluster: str) -> dict[str, Any] | None:
         return next((v for v in self._vpcs() if v.get("name") == f"dynia-{cluster}"), None)
@@ -431,7 +180,7 @@ class DigitalOceanNodeProvider:
                 "ip_range": _plan_ip_range(cluster, [v.get("ip_range", "") for v in vpcs]),
                 "description": f"Private network of Dynia cluster {cluster}",
             }
-            vpc = self._create(
+            vpc = self._api.create(
                 f"creating VPC dynia-{cluster}",
                 self._client.vpcs.create,
                 body,
@@ -468,9 +217,9 @@ class DigitalOceanNodeProvider:
         vpc = self._find_vpc(cluster)
         if vpc is not None:
             self._delete_vpc(cluster, vpc["id"])
-        for key in self._list_all("listing SSH keys", self._client.ssh_keys.list, "ssh_keys"):
+        for key in self._api.list_all("listing SSH keys", self._client.ssh_keys.list, "ssh_keys"):
             if key.get("name") == f"dynia-{cluster}":
-                self._call("deleting SSH key", self._client.ssh_keys.delete, key["id"])
+                self._api.call("deleting SSH key", self._client.ssh_keys.delete, key["id"])
 
     def _delete_vpc(self, cluster: str, vpc_id: str) -> None:
         """Delete the VPC; while DigitalOcean still lists leaving droplets in it, wait (bounded)."""
@@ -482,7 +231,7 @@ class DigitalOceanNodeProvider:
             if self._try_delete_vpc(name, vpc_id):
                 return True
             if not told:
-                self._progress(
+                self._api.progress(
                     f"VPC {name} still has members (droplets being deleted); "
                     f"waiting up to {limit:.0f}s for DigitalOcean to release them"
                 )
@@ -503,7 +252,7 @@ class DigitalOceanNodeProvider:
 
     def _try_delete_vpc(self, name: str, vpc_id: str) -> bool:
         try:
-            self._call(f"deleting VPC {name}", self._client.vpcs.delete, vpc_id)
+            self._api.call(f"deleting VPC {name}", self._client.vpcs.delete, vpc_id)
         except ApiError as exc:
             # The live API answers 409 (its description says 403) while droplets are leaving.
             if exc.status in (403, 409) and "member" in exc.api_message.lower():
@@ -521,7 +270,7 @@ class DigitalOceanNodeProvider:
         if key is None:
             body = {"name": f"dynia-{cluster}", "public_key": public_key.strip()}
             try:
-                key = self._create(
+                key = self._api.create(
                     "uploading the SSH key",
                     self._client.ssh_keys.create,
                     body,
@@ -536,17 +285,17 @@ class DigitalOceanNodeProvider:
 
     def _get_ssh_key(self, fingerprint: str) -> dict[str, Any] | None:
         try:
-            body = self._call("looking up the SSH key", self._client.ssh_keys.get, fingerprint)
+            body = self._api.call("looking up the SSH key", self._client.ssh_keys.get, fingerprint)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return None if _is_missing(body) else body.get("ssh_key")
+        return None if is_missing(body) else body.get("ssh_key")
 
     # -- droplets ------------------------------------------------------------------------------
 
     def _cluster_droplets(self, cluster: str) -> list[dict[str, Any]]:
-        return self._list_all(
+        return self._api.list_all(
             f"listing droplets of cluster {cluster}",
             self._client.droplets.list,
             "droplets",
@@ -587,7 +336,7 @@ class DigitalOceanNodeProvider:
             "monitoring": False,
             "ipv6": False,
         }
-        return self._create(
+        return self._api.create(
             f"creating droplet {body['name']}",
             self._client.droplets.create,
             body,
@@ -597,13 +346,13 @@ class DigitalOceanNodeProvider:
 
     def _wait_active(self, droplet_id: int, node: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
-            body = self._call(f"reading droplet {node}", self._client.droplets.get, droplet_id)
-            if _is_missing(body):
+            body = self._api.call(f"reading droplet {node}", self._client.droplets.get, droplet_id)
+            if is_missing(body):
                 raise ProviderError(
                     f"droplet of node {node} (id {droplet_id}) disappeared while booting",
                     hint="re-run the same command to create it again",
                 )
-            droplet = _field(body, "droplet", f"reading droplet {node}")
+            droplet = field(body, "droplet", f"reading droplet {node}")
             ready = droplet["status"] == "active" and _address(droplet, "public")
             return droplet if ready else None
 
@@ -643,22 +392,24 @@ class DigitalOceanNodeProvider:
 
     def delete_node(self, cluster: str, provider_id: str) -> None:
         droplet_id = _droplet_id(provider_id)
-        body = self._call("reading the droplet to delete", self._client.droplets.get, droplet_id)
-        if _is_missing(body):
+        body = self._api.call(
+            "reading the droplet to delete", self._client.droplets.get, droplet_id
+        )
+        if is_missing(body):
             return
-        tags = _field(body, "droplet", "reading the droplet to delete").get("tags") or []
+        tags = field(body, "droplet", "reading the droplet to delete").get("tags") or []
         if f"dynia-cluster-{cluster}" not in tags:
             raise ProviderError(
                 f"droplet {provider_id} does not carry tag dynia-cluster-{cluster}; "
                 "Dynia deletes only droplets it created for this cluster",
                 hint="check the node's provider id in state; delete foreign droplets by hand",
             )
-        self._call(f"deleting droplet {provider_id}", self._client.droplets.destroy, droplet_id)
+        self._api.call(f"deleting droplet {provider_id}", self._client.droplets.destroy, droplet_id)
 
     # -- reserved IP ---------------------------------------------------------------------------
 
     def _reserved_ips(self) -> list[dict[str, Any]]:
-        return self._list_all(
+        return self._api.list_all(
             "listing reserved IPs", self._client.reserved_ips.list, "reserved_ips"
         )
 
@@ -676,13 +427,13 @@ class DigitalOceanNodeProvider:
         target: int | None = in_region[0]["id"] if in_region else None
         body: dict[str, Any] = {"droplet_id": target} if target else {"region": region}
         before = {r["ip"] for r in existing}
-        made = self._call(
+        made = self._api.call(
             "creating the reserved IP",
             self._client.reserved_ips.create,
             body,
             recover=lambda: self._new_reserved_ip(before, ours, region),
         )
-        rip = _field(made, "reserved_ip", "creating the reserved IP")
+        rip = field(made, "reserved_ip", "creating the reserved IP")
         for link in (made.get("links") or {}).get("actions") or []:
             self._wait_action(link["id"], "assigning the new reserved IP")
         if made.get("recovered") and target is not None:
@@ -726,14 +477,14 @@ class DigitalOceanNodeProvider:
 
     def _get_reserved_ip(self, address: str) -> dict[str, Any] | None:
         try:
-            body = self._call(
+            body = self._api.call(
                 f"reading reserved IP {address}", self._client.reserved_ips.get, address
             )
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return None if _is_missing(body) else _field(body, "reserved_ip", f"reading {address}")
+        return None if is_missing(body) else field(body, "reserved_ip", f"reading {address}")
 
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
         rip = self._get_reserved_ip(ip.address)
@@ -759,20 +510,20 @@ class DigitalOceanNodeProvider:
 
         def submit() -> dict[str, Any] | None:
             try:
-                answer = self._call(what, post, reserved_ip=address, body=body)
+                answer = self._api.call(what, post, reserved_ip=address, body=body)
             except ApiError as exc:
                 if exc.status == 422 and "pending" in exc.api_message.lower():
                     return None  # an earlier action still runs: submit again once it ends
                 if exc.status != 404:
                     raise
                 answer = {"id": "not_found"}
-            if _is_missing(answer):  # pydo returns the 404 body instead of raising
+            if is_missing(answer):  # pydo returns the 404 body instead of raising
                 raise ProviderError(
                     f"{what}: DigitalOcean no longer knows reserved IP {address}",
                     hint="it was released outside Dynia; run `dynia repair --force` to "
                     "allocate a new one",
                 )
-            return _field(answer, "action", what)
+            return field(answer, "action", what)
 
         action = self._wait(
             f"reserved IP {address} to accept {body['type']}", self.timeouts.action, submit
@@ -781,10 +532,10 @@ class DigitalOceanNodeProvider:
 
     def _wait_action(self, action_id: int, what: str) -> None:
         def check() -> bool:
-            action = self._call(what, self._client.actions.get, action_id)
-            if _is_missing(action):
+            action = self._api.call(what, self._client.actions.get, action_id)
+            if is_missing(action):
                 raise ProviderError(f"DigitalOcean lost action {action_id} ({what})", hint="re-run")
-            status = _field(action, "action", what)["status"]
+            status = field(action, "action", what)["status"]
             if status == "errored":
                 raise ProviderError(
                     f"DigitalOcean action {action_id} ({what}) errored",
@@ -820,7 +571,7 @@ class DigitalOceanNodeProvider:
 
         def delete() -> bool:
             try:
-                self._call(
+                self._api.call(
                     f"releasing reserved IP {ip.address}",
                     self._client.reserved_ips.delete,
                     ip.address,
@@ -861,48 +612,6 @@ def _plan_ip_range(cluster: str, taken: list[str]) -> str:
     )
 
 
-def _rate_limit_wait(exc: HttpResponseError) -> float | None:
-    """Seconds a 429 asks us to wait. ``Retry-After`` wins: DigitalOcean's burst limit also sends
-    ``ratelimit-reset``, which is then up to an hour away (the expiry of the oldest request)."""
-    headers = exc.response.headers if exc.response is not None else {}
-    retry_after = (headers.get("retry-after") or "").strip()
-    if retry_after.isdigit():
-        return float(retry_after)
-    reset = (headers.get("ratelimit-reset") or "").strip()
-    if reset.isdigit():
-        return float(reset) - time.time()
-    return None
-
-
-def _refusal_hint(status: int) -> str:
-    if status == 404:
-        return "the resource is gone from the account; re-run the same command to recreate it"
-    if status == 409:
-        return "another change to the same resource is still running; re-run in a minute"
-    return "check the region, size and image settings of the cluster; then re-run"
-
-
-def _api_message(exc: HttpResponseError) -> str:
-    try:
-        body = exc.response.json() if exc.response is not None else None
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(exc.reason or "no message")
-
-
-def _field(body: Any, key: str, what: str) -> Any:
-    """``body[key]``, or a ProviderError naming the operation when the answer lacks it."""
-    if isinstance(body, dict) and isinstance(body.get(key), dict):
-        return body[key]
-    detail = body.get("message") if isinstance(body, dict) else None
-    raise ProviderError(
-        f"DigitalOcean answered {what} without its {key!r} ({detail or 'unexpected answer'})",
-        hint="re-run the same command; if it repeats check https://status.digitalocean.com",
-    )
-
-
 def _address(droplet: dict[str, Any], kind: str) -> str | None:
     for network in (droplet.get("networks") or {}).get("v4") or []:
         if network.get("type") == kind:
@@ -936,10 +645,4 @@ def _user_data(spec: NodeSpec, host_key: _HostKey) -> str:
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 
-__all__ = [
-    "DEFAULT_API_URL",
-    "DigitalOceanNodeProvider",
-    "RetryPolicy",
-    "Timeouts",
-    "ssh_fingerprint",
-]
+__all__ = ["DigitalOceanNodeProvider", "Timeouts", "ssh_fingerprint"]
