@@ -15,13 +15,13 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dynia.errors import LockTimeoutError, StateError
+from dynia.waiting import WaitTimeout, wait_until
 
 # Locks this process holds, by (lock path, thread): flock does not nest, so taking the same lock
 # twice in one thread would wait on itself until the timeout.
@@ -130,20 +130,29 @@ class StateLock:
             ) from exc
 
     def _acquire(self, fd: int, command: str) -> LockHolder:
-        deadline = time.monotonic() + self.timeout
         announced = False
-        while True:
+
+        def locked() -> bool:
+            nonlocal announced
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if not announced and self.on_wait is not None:
                     self.on_wait(self._live_holder())
                     announced = True
-                if time.monotonic() >= deadline:
-                    raise self._timeout_error() from None
+                return False
+            return True
+
+        try:
+            wait_until(
+                locked,
+                timeout=self.timeout,
                 # Jitter keeps many waiters from polling in lockstep.
-                time.sleep(self.poll_interval * random.uniform(0.5, 1.5))
+                interval=lambda: self.poll_interval * random.uniform(0.5, 1.5),
+                what=f"the state lock {self.path}",
+            )
+        except WaitTimeout:
+            raise self._timeout_error() from None
         holder = LockHolder(
             pid=os.getpid(),
             command=command,

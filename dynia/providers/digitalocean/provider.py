@@ -54,6 +54,7 @@ from dynia.providers.digitalocean.api import (
     field,
     is_missing,
 )
+from dynia.waiting import WaitTimeout, wait_until
 
 DEFAULT_IMAGE = "ubuntu-24-04-x64"
 PRIVATE_INTERFACE = "eth1"  # DigitalOcean attaches the VPC network as the second interface
@@ -149,18 +150,20 @@ class DigitalOceanNodeProvider:
 
     def _wait(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
         """Poll ``check`` until it returns something truthy; bounded by ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() >= deadline:
-                raise ProviderError(
-                    f"timed out after {timeout:.0f}s waiting for {what}",
-                    hint="re-run the same command: it finds what was already created and waits "
-                    "again; if it keeps timing out check the DigitalOcean control panel",
-                )
-            self._sleep(self.timeouts.poll_interval)
+        try:
+            return wait_until(
+                check,
+                timeout=timeout,
+                interval=self.timeouts.poll_interval,
+                what=what,
+                sleep=self._sleep,
+            )
+        except WaitTimeout:
+            raise ProviderError(
+                f"timed out after {timeout:.0f}s waiting for {what}",
+                hint="re-run the same command: it finds what was already created and waits "
+                "again; if it keeps timing out check the DigitalOcean control panel",
+            ) from None
 
     # -- network -------------------------------------------------------------------------------
 

@@ -10,13 +10,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynia.errors import ProviderError
+from dynia.waiting import wait_until
 
 SETUP_HINT = "run `sudo dynia local setup`, or start a Docker engine and check `docker info`"
 
@@ -123,14 +123,13 @@ class Docker:
 
 def wait_for_engine(docker: Docker, timeout: float, interval: float = 0.5) -> str:
     """Poll until the engine answers; returns its version or raises EngineUnavailableError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return docker.ping(timeout=5)
-        except EngineUnavailableError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(interval)
+    return wait_until(
+        lambda: docker.ping(timeout=5),
+        timeout=timeout,
+        interval=interval,
+        what="the Docker engine",
+        retry_on=(EngineUnavailableError,),
+    )
 
 
 def start_dockerd(log_file: Path, extra_flags: Sequence[str] = ()) -> int:

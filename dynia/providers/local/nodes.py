@@ -14,7 +14,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,6 +24,7 @@ from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, Reserve
 from dynia.providers.local.engine import Docker, DockerCommandError, engine_location
 from dynia.providers.local.image import ensure_node_image
 from dynia.ssh import SshError, key_body, run_ssh, write_known_hosts
+from dynia.waiting import WaitTimeout, wait_until
 
 LABEL_MANAGED = "dynia.managed"
 LABEL_CLUSTER = "dynia.cluster"
@@ -306,29 +306,35 @@ class LocalNodeProvider:
     def _wait_ready(
         self, spec: NodeSpec, name: str, network: NetworkInfo, created: bool
     ) -> ProvisionedNode:
-        deadline = time.monotonic() + self.ready_timeout
         problem = "the container did not start"
-        while True:
+
+        def not_ready() -> ProviderError:
+            return ProviderError(
+                f"node {spec.name!r} of cluster {spec.cluster!r} did not become SSH-ready "
+                f"within {self.ready_timeout:g}s: {problem}",
+                hint=(
+                    "the new node was removed; rerun, or allow more time on a slow machine"
+                    if created
+                    else f"the node exists but does not answer: see `docker logs {name}`"
+                ),
+            )
+
+        def ready() -> ProvisionedNode | None:
+            nonlocal problem
             found = self.docker.inspect("container", [name])
             if not found or not found[0]["State"]["Running"]:
                 problem = "the container stopped"
-                break
+                raise not_ready()
             node = self._provisioned(found[0], network.name)
             problem = self._login_problem(spec, node)
-            if problem is None:
-                return node
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.25)
-        raise ProviderError(
-            f"node {spec.name!r} of cluster {spec.cluster!r} did not become SSH-ready within "
-            f"{self.ready_timeout:g}s: {problem}",
-            hint=(
-                "the new node was removed; rerun, or allow more time on a slow machine"
-                if created
-                else f"the node exists but does not answer: see `docker logs {name}`"
-            ),
-        )
+            return node if problem is None else None
+
+        try:
+            return wait_until(
+                ready, timeout=self.ready_timeout, interval=0.25, what=f"node {spec.name}"
+            )
+        except WaitTimeout:
+            raise not_ready() from None
 
     def _login_problem(self, spec: NodeSpec, node: ProvisionedNode) -> str | None:
         """None when a key-based login works, else what is still missing."""

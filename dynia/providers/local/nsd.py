@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import dns.rdatatype
 
 from dynia.errors import ProviderError
 from dynia.files import atomic_write
+from dynia.waiting import WaitTimeout, wait_until
 
 DNS_SERVER_BINARY = "/usr/sbin/nsd"
 DNS_SERVER_APT_PACKAGE = "nsd"
@@ -45,6 +45,10 @@ _STOP_TIMEOUT = 5.0
 _PORT_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
+
+
+class _ServerExited(Exception):
+    """The daemon NSD started exited before it answered."""
 
 
 def find_dns_server_binary() -> str | None:
@@ -247,14 +251,16 @@ class NsdServer:
                 timeout=_START_TIMEOUT,
                 check=False,
             )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while result.returncode == 0 and time.monotonic() < deadline:
-            pid = self._running_pid()
-            if pid is not None and _answers(port):
-                return pid
-            if pid is None and _pidfile_process_gone(self.pid_path):
-                break  # the daemon wrote its pid and died
-            time.sleep(0.01)
+        if result.returncode == 0:
+            try:
+                return wait_until(
+                    lambda: self._answering_pid(port),
+                    timeout=_START_TIMEOUT,
+                    interval=0.01,
+                    what=f"the local DNS server on port {port}",
+                )
+            except (WaitTimeout, _ServerExited):
+                pass  # the log says why
         output = self._log_since(log_offset)
         if "address already in use" in output.lower():
             return None
@@ -262,6 +268,15 @@ class NsdServer:
             f"the local DNS server (nsd, port {port}) did not start: {output.strip()[-600:]}",
             hint=f"check the zone files in {self.zones_dir} and {self.log_path}",
         )
+
+    def _answering_pid(self, port: int) -> int | None:
+        """The started daemon's pid once it answers on ``port``; _ServerExited if it died."""
+        pid = self._running_pid()
+        if pid is not None and _answers(port):
+            return pid
+        if pid is None and _pidfile_process_gone(self.pid_path):
+            raise _ServerExited  # the daemon wrote its pid and died
+        return None
 
     def _log_since(self, offset: int) -> str:
         parts = []
@@ -290,28 +305,32 @@ class NsdServer:
                 os.kill(pid, signal.SIGKILL)
 
     def _wait_for_serial(self, zone: str, serial: int, port: int) -> None:
-        deadline = time.monotonic() + _RELOAD_TIMEOUT
-        while time.monotonic() < deadline:
+        def loaded() -> bool:
             served = _served_serial(zone, port)
-            if served is not None and served >= serial:
-                return
-            time.sleep(0.005)
-        raise ProviderError(
-            f"the local DNS server did not load zone {zone} (serial {serial}) "
-            f"within {_RELOAD_TIMEOUT:.0f} s",
-            hint=f"see {self.log_path} for the reason; check {self.zones_dir / f'{zone}.zone'}",
-        )
+            return served is not None and served >= serial
+
+        try:
+            wait_until(loaded, timeout=_RELOAD_TIMEOUT, interval=0.005, what=f"zone {zone}")
+        except WaitTimeout:
+            raise ProviderError(
+                f"the local DNS server did not load zone {zone} (serial {serial}) "
+                f"within {_RELOAD_TIMEOUT:.0f} s",
+                hint=f"see {self.log_path} for the reason; check {self.zones_dir / f'{zone}.zone'}",
+            ) from None
 
     def _wait_servers_gone(self, pids: set[int]) -> None:
-        deadline = time.monotonic() + _RELOAD_TIMEOUT
-        while pids & _server_pids(self.config_path):
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    f"the local DNS server's old processes {sorted(pids)} did not exit after "
-                    "a reload",
-                    hint=f"see {self.log_path}; stop() and start() the server",
-                )
-            time.sleep(0.005)
+        try:
+            wait_until(
+                lambda: not (pids & _server_pids(self.config_path)),
+                timeout=_RELOAD_TIMEOUT,
+                interval=0.005,
+                what="the old server processes to exit",
+            )
+        except WaitTimeout:
+            raise ProviderError(
+                f"the local DNS server's old processes {sorted(pids)} did not exit after a reload",
+                hint=f"see {self.log_path}; stop() and start() the server",
+            ) from None
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -425,12 +444,15 @@ def _server_pids(config_path: Path, role: str = "nsd: server") -> set[int]:
 
 
 def _wait_gone(pids: set[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(_process_state(pid) in (None, "Z") for pid in pids):
-            return True
-        time.sleep(0.01)
-    return False
+    try:
+        return wait_until(
+            lambda: all(_process_state(pid) in (None, "Z") for pid in pids),
+            timeout=timeout,
+            interval=0.01,
+            what=f"processes {sorted(pids)} to exit",
+        )
+    except WaitTimeout:
+        return False
 
 
 def _query(name: str, rdtype: str, port: int) -> dns.message.Message | None:
