@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from fleet_fixtures import local_fleet, unique_prefix
+from testnodes import Fleet
 
 from dynia.paths import HomeLayout
-from dynia.providers.local.testnodes import Fleet
 from dynia.render.renderer import Renderer
 from dynia.state.models import (
     BACKUP_PRIORITY,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from testnodes import KEY_NAME, Fleet, fleet_down, fleet_up
 
 from dynia.providers.local.image import (
     build_busybox_image,
@@ -23,7 +24,6 @@ from dynia.providers.local.image import (
     ensure_node_image,
 )
 from dynia.providers.local.nodes import LocalNodeProvider
-from dynia.providers.local.testnodes import KEY_NAME, Fleet, fleet_down, fleet_up
 
 
 def unique_prefix(kind: str = "t") -> str:

@@ -10,12 +10,12 @@ from collections.abc import Callable
 import jinja2
 import pytest
 import yaml
+from testnodes import Fleet
 
 from dynia.paths import shipped_dir
 from dynia.providers import node_provider_traits
 from dynia.providers.base import ProvisionedNode
 from dynia.providers.local.engine import Docker
-from dynia.providers.local.testnodes import Fleet
 from dynia.ssh import run_ssh
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

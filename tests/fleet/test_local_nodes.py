@@ -10,17 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+import testnodes
 import yaml
 from fleet_fixtures import local_fleet, unique_prefix
+from testnodes import Fleet
 
 from dynia.errors import ProviderError
 from dynia.operations.local_setup import EngineLayout, setup
 from dynia.providers.base import NodeProvider, NodeSpec
-from dynia.providers.local import testnodes
 from dynia.providers.local.engine import Docker, EngineUnavailableError
 from dynia.providers.local.image import remove_build_tree
 from dynia.providers.local.nodes import LocalNodeProvider, network_name
-from dynia.providers.local.testnodes import Fleet
 from dynia.ssh import (
     HostKeyMismatchError,
     generate_key_pair,

@@ -1,7 +1,11 @@
 """Throwaway fleets of local nodes for tests and Molecule scenarios.
 
-    python -m dynia.providers.local.testnodes up --name PREFIX --count N --dir DIR
-    python -m dynia.providers.local.testnodes down --name PREFIX --dir DIR
+    python tests/testnodes.py up --name PREFIX --count N --dir DIR
+    python tests/testnodes.py down --name PREFIX --dir DIR
+
+The tests import it (``tests`` is on pytest's pythonpath); the Molecule scenarios run it as a
+script with the repository root on ``PYTHONPATH`` (``molecule/shared/create.yml``), so it uses
+the checkout's ``dynia``.
 
 ``up`` starts N nodes on the network ``dynia-PREFIX`` with a fresh key pair in DIR, pins their
 host keys in DIR/known_hosts and writes DIR/inventory.yml (group ``nodes``) and DIR/nodes.json.
@@ -169,7 +173,7 @@ def describe(fleet: Fleet) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynia.providers.local.testnodes")
+    parser = argparse.ArgumentParser(prog="python tests/testnodes.py")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start nodes and write the inventory")
     up.add_argument("--name", required=True, help="cluster prefix (network dynia-NAME)")
