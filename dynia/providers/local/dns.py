@@ -36,7 +36,6 @@ from dynia.providers.local.nsd import (
     LOOPBACK,
     NsdServer,
     ServerStatus,
-    find_dns_server_binary,
     write_file,
 )
 
@@ -47,15 +46,13 @@ _SOA_TIMERS = "3600 600 86400 60"  # refresh retry expire negative-ttl
 _MAX_TTL = 2**31 - 1
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
-# `dynia local setup` (operations/local_setup.py) reads the server's binary and package from
-# this module; the server's names stay importable from here for it.
+# `dynia local setup` (operations/local_setup.py) looks the server's binary and package up in
+# this module, so they stay importable from here.
 __all__ = [
     "CONFIG_ZONES_KEY",
     "DNS_SERVER_APT_PACKAGE",
     "DNS_SERVER_BINARY",
     "LocalDnsProvider",
-    "ServerStatus",
-    "find_dns_server_binary",
     "normalize_domain",
 ]
 
