@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import event_sink, progress_line, store_of
 from dynia.operations import operate
 
 
@@ -21,7 +20,5 @@ def rotate_command(app: AppContext) -> None:
 
     Example: dynia cert rotate
     """
-    fingerprint = operate.rotate_certificate(
-        app.layout, store_of(app), app.cluster_option, progress_line, event_sink()
-    )
+    fingerprint = operate.rotate_certificate(app.run_context)
     click.echo(f"Rotated; new certificate sha256 {fingerprint}.")

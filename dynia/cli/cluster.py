@@ -6,7 +6,7 @@ import click
 
 from dynia.cli.complete import cluster_names, node_names
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
+from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
 from dynia.operations import cluster_delete, cluster_nodes
 from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.clusters import (
@@ -101,7 +101,7 @@ def create_command(
         plan_only=plan_only,
         allow_main_token_on_nodes=allow_main_token_on_nodes,
     )
-    create_cluster(app.layout, store_of(app), request, progress_line, event_sink())
+    create_cluster(app.run_context, request)
 
 
 @cluster_group.command("list")
@@ -151,7 +151,7 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     cluster = selected_cluster(state, app.cluster_option)
     details = cluster_details(cluster, state.current_cluster)
     if check_health:
-        health = node_health(app.layout, cluster)
+        health = node_health(app.run_context.without_live_progress(), cluster)
         for node in details["nodes"]:
             node.update(health[node["name"]])
     if as_json:
@@ -202,9 +202,7 @@ def delete_command(app: AppContext, name: str | None, purge_volumes: bool, yes: 
             f"{len(cluster.routes)} DNS record(s) and its Reserved IP?",
             abort=True,
         )
-    cluster_delete.delete_cluster(
-        app.layout, store, cluster.name, purge_volumes, progress_line, event_sink()
-    )
+    cluster_delete.delete_cluster(app.run_context, cluster.name, purge_volumes)
     click.echo(f"Deleted cluster {cluster.name}.")
 
 
@@ -220,9 +218,7 @@ def node_add_command(app: AppContext) -> None:
 
     Example: dynia cluster node add
     """
-    node = cluster_nodes.add_node(
-        app.layout, store_of(app), app.cluster_option, progress_line, event_sink()
-    )
+    node = cluster_nodes.add_node(app.run_context)
     click.echo(f"Added node {node.name} ({node.private_ip}).")
 
 
@@ -234,9 +230,7 @@ def node_remove_command(app: AppContext, node: str) -> None:
 
     Example: dynia cluster node remove misty-owl
     """
-    cluster_nodes.remove_node(
-        app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
-    )
+    cluster_nodes.remove_node(app.run_context, node)
     click.echo(f"Removed node {node}.")
 
 
@@ -248,7 +242,5 @@ def node_activate_command(app: AppContext, node: str) -> None:
 
     Example: dynia cluster node activate quiet-fox
     """
-    cluster_nodes.activate_node(
-        app.layout, store_of(app), app.cluster_option, node, progress_line, event_sink()
-    )
+    cluster_nodes.activate_node(app.run_context, node)
     click.echo(f"{node} is MASTER and holds the Reserved IP, which answers.")

@@ -8,7 +8,7 @@ import click
 
 from dynia.cli.complete import service_names
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import event_sink, progress_line, store_of, warn
+from dynia.cli.output import warn
 from dynia.operations.deploy import DeployRequest, deploy_service
 
 
@@ -58,9 +58,7 @@ def deploy_command(
       dynia deploy --name web --compose web.yml --domain web.example.com --health-path /healthz
     """
     request = DeployRequest(name, compose_path, domain, health_path, container_port)
-    outcome = deploy_service(
-        app.layout, store_of(app), app.cluster_option, request, progress_line, event_sink()
-    )
+    outcome = deploy_service(app.run_context, request)
     for message in outcome.warnings:
         warn(message)
     click.echo(f"Deployed {outcome.service}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
+from dynia.cli.output import JSON_OPTION_HELP, emit_json
 from dynia.operations import operate
 
 
@@ -21,7 +21,7 @@ def drift_check_command(app: AppContext, as_json: bool) -> None:
 
     Example: dynia drift-check --json
     """
-    report = operate.drift_check(app.layout, store_of(app), app.cluster_option)
+    report = operate.drift_check(app.run_context.without_live_progress())
     if as_json:
         emit_json(report.to_dict())
     else:

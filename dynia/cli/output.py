@@ -18,13 +18,14 @@ def emit_json(data: Any) -> None:
 
 
 def store_of(app: AppContext) -> StateStore:
-    """The state store; while another command holds its lock, say who is being waited for."""
+    """The state store of the command's RunContext."""
+    return app.run_context.store
 
-    def waiting(holder: LockHolder | None) -> None:
-        who = holder.describe() if holder else "another dynia command"
-        progress_line(f"Waiting for the state lock held by {who} ...")
 
-    return StateStore(app.home, on_wait=waiting)
+def waiting_for_lock(holder: LockHolder | None) -> None:
+    """While another command holds the state lock, say who is being waited for."""
+    who = holder.describe() if holder else "another dynia command"
+    progress_line(f"Waiting for the state lock held by {who} ...")
 
 
 def progress_line(message: str) -> None:

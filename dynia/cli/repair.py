@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import JSON_OPTION_HELP, emit_json, event_sink, progress_line, store_of
+from dynia.cli.output import JSON_OPTION_HELP, emit_json
 from dynia.operations import operate
 
 
@@ -24,14 +24,13 @@ def repair_command(app: AppContext, check_only: bool, force: bool, as_json: bool
     """
     if check_only == force:
         raise click.UsageError("give exactly one of --check-only or --force")
-    store = store_of(app)
     if check_only:
-        plan = operate.plan_repair(app.layout, store, app.cluster_option)
+        plan = operate.plan_repair(app.run_context.without_live_progress())
         if as_json:
             emit_json({"actions": plan.actions, "drift": plan.drift.to_dict()})
         else:
             for action in plan.actions or ["nothing to repair"]:
                 click.echo(f"- {action}")
         return
-    report = operate.repair(app.layout, store, app.cluster_option, progress_line, event_sink())
+    report = operate.repair(app.run_context)
     click.echo("Repaired." if report.clean else "Repaired, but drift remains; see drift-check.")

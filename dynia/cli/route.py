@@ -6,7 +6,7 @@ import click
 
 from dynia.cli.complete import domain_names, service_names
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import event_sink, progress_line, store_of, warn
+from dynia.cli.output import warn
 from dynia.operations.deploy import bind_route, unbind_route
 
 
@@ -45,16 +45,7 @@ def bind_command(app: AppContext, domain: str, service: str, https_only: bool | 
 
     Example: dynia route bind --domain shop.example.com --service web
     """
-    warnings = bind_route(
-        app.layout,
-        store_of(app),
-        app.cluster_option,
-        domain,
-        service,
-        progress_line,
-        event_sink(),
-        https_only=https_only,
-    )
+    warnings = bind_route(app.run_context, domain, service, https_only=https_only)
     for message in warnings:
         warn(message)
     click.echo(f"Bound {domain} -> {service}.")
@@ -70,5 +61,5 @@ def unbind_command(app: AppContext, domain: str) -> None:
 
     Example: dynia route unbind --domain shop.example.com
     """
-    unbind_route(app.layout, store_of(app), app.cluster_option, domain, progress_line, event_sink())
+    unbind_route(app.run_context, domain)
     click.echo(f"Unbound {domain}.")

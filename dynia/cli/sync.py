@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import event_sink, progress_line, store_of
 from dynia.operations import operate
 
 
@@ -21,5 +20,5 @@ def sync_command(app: AppContext) -> None:
 
     Example: dynia sync
     """
-    operate.sync(app.layout, store_of(app), app.cluster_option, progress_line, event_sink())
+    operate.sync(app.run_context)
     click.echo("All nodes match deploy-config.")

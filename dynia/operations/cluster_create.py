@@ -11,19 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynia.errors import RenderError, UsageError
-from dynia.operations import Progress, infra
+from dynia.operations import infra
 from dynia.operations.certificates import check_certificate_options
 from dynia.operations.config import check_slug
-from dynia.operations.rollout import EventSink
-from dynia.paths import HomeLayout
-from dynia.providers import (
-    check_dns_provider,
-    check_node_provider,
-    get_node_provider,
-    node_provider_traits,
-)
+from dynia.operations.run_context import RunContext
+from dynia.providers import check_dns_provider, check_node_provider, node_provider_traits
 from dynia.render.renderer import check_node_token
-from dynia.state import StateStore, Transaction
+from dynia.state import Transaction
 from dynia.state.models import (
     CERT_ISSUER_LOCAL,
     STATUS_INFRA_READY,
@@ -133,16 +127,11 @@ def _check_node_token(request: CreateRequest, existing: Cluster | None) -> None:
         raise UsageError(message, exc.hint) from exc
 
 
-def create_cluster(
-    layout: HomeLayout,
-    store: StateStore,
-    request: CreateRequest,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> Cluster:
+def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
-    with store.transaction("dynia cluster create") as txn:
+    progress = ctx.progress
+    with ctx.store.transaction("dynia cluster create") as txn:
         _check_node_token(request, txn.state.clusters.get(request.name))
         cluster = _plan(txn, request)
         if cluster.status != STATUS_PLANNED:
@@ -151,9 +140,9 @@ def create_cluster(
         if request.plan_only:
             progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
             return cluster
-        provider = get_node_provider(cluster.node_provider, layout)
-        infra.provision(layout, txn, cluster, provider, request.nodes, progress)
-        infra.roll_out_infra(layout, txn, cluster, provider, progress, on_event)
+        provider = ctx.node_provider(cluster)
+        infra.provision(ctx, txn, cluster, provider, request.nodes)
+        infra.roll_out_infra(ctx, txn, cluster, provider)
         cluster.status = STATUS_INFRA_READY
         txn.state.current_cluster = cluster.name
         txn.save()

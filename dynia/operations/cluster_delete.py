@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import shutil
 
-from dynia.operations import Progress, certificates, rollout
+from dynia.operations import certificates, rollout
 from dynia.operations.clusters import get_cluster
-from dynia.operations.rollout import EventSink
+from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers import dns_provider_for, get_node_provider
+from dynia.providers import dns_provider_for
 from dynia.providers.base import ReservedIpInfo
-from dynia.state import StateStore
 
 
-def delete_cluster(
-    layout: HomeLayout,
-    store: StateStore,
-    name: str,
-    purge_volumes: bool,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> None:
-    """Unbind routes (DNS), stop services, release the Reserved IP, delete nodes, forget it."""
-    with store.transaction("dynia cluster delete") as txn:
+def delete_cluster(ctx: RunContext, name: str, purge_volumes: bool) -> None:
+    """Unbind routes (DNS), stop services, release the Reserved IP, delete nodes, forget it.
+
+    ``name`` is the cluster to delete, as the operator confirmed it.
+    """
+    layout, progress = ctx.layout, ctx.progress
+    with ctx.store.transaction("dynia cluster delete") as txn:
         cluster = get_cluster(txn.state, name)
         if cluster.routes:
             dns = dns_provider_for(cluster, layout)
@@ -31,7 +27,7 @@ def delete_cluster(
                 dns.delete_a_record(domain)
                 cluster.routes[domain].dns_record_id = None
             txn.save()
-        provider = get_node_provider(cluster.node_provider, layout)
+        provider = ctx.node_provider(cluster)
         ready = [n for n in cluster.nodes.values() if n.public_ip]
         if (
             ready
@@ -41,10 +37,9 @@ def delete_cluster(
             progress("Stopping services")
             # Best effort: a dead or unreachable node is deleted all the same.
             result = rollout.run(
-                layout,
+                ctx,
                 cluster,
                 "teardown.yml",
-                on_event,
                 extra_vars={"dynia_teardown_purge_volumes": purge_volumes},
                 raise_on_failure=False,
             )

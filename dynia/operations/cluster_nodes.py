@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 
 from dynia.errors import NotFoundError, UsageError, VerifyError
-from dynia.operations import Progress, infra, rollout
+from dynia.operations import infra, rollout
 from dynia.operations.clusters import cluster_transaction, require_provisioned
 from dynia.operations.deploy_config import render_cluster
-from dynia.operations.rollout import EventSink
-from dynia.paths import HomeLayout
-from dynia.providers import get_node_provider
-from dynia.state import StateStore
+from dynia.operations.run_context import RunContext
 from dynia.state.models import (
     MASTER_PRIORITY,
     NODE_JOINING,
@@ -32,33 +29,28 @@ def _node(cluster: Cluster, name: str) -> Node:
     return node
 
 
-def add_node(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> Node:
+def add_node(ctx: RunContext) -> Node:
     """Create one node, then re-render and roll out so every peer list includes it.
 
     A node planned, created or half-joined by an interrupted run is finished instead of adding
     another.
     """
-    with cluster_transaction(store, cluster_option, "dynia cluster node add") as (txn, cluster):
+    command = "dynia cluster node add"
+    with cluster_transaction(ctx.store, ctx.cluster_option, command) as (txn, cluster):
         require_provisioned(cluster)
-        provider = get_node_provider(cluster.node_provider, layout)
-        public_key = infra.ensure_keys(layout, txn, cluster)
+        provider = ctx.node_provider(cluster)
+        public_key = infra.ensure_keys(ctx.layout, txn, cluster)
         unfinished = sorted(
             n.name for n in cluster.nodes.values() if n.status in (NODE_PROVISIONING, NODE_JOINING)
         )
         if unfinished:
-            progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
+            ctx.progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
         else:
             unfinished = [n.name for n in infra.plan_nodes(txn, cluster, len(cluster.nodes) + 1)]
         infra.create_planned_nodes(
-            layout, txn, cluster, provider, public_key, progress, created_status=NODE_JOINING
+            ctx, txn, cluster, provider, public_key, created_status=NODE_JOINING
         )
-        _join(layout, cluster, ",".join(unfinished), progress, on_event)
+        _join(ctx, cluster, ",".join(unfinished))
         for name in unfinished:
             cluster.nodes[name].status = NODE_READY
         txn.save()
@@ -70,55 +62,46 @@ def add_node(
 _HOLD_VRRP = ["keepalived"]
 
 
-def _join(
-    layout: HomeLayout, cluster: Cluster, joining: str, progress: Progress, on_event: EventSink
-) -> None:
+def _join(ctx: RunContext, cluster: Cluster, joining: str) -> None:
     """Serve on the new node first, then let its peers route to it, then start its VRRP."""
-    progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
-    render_cluster(layout, cluster)
+    ctx.progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
+    render_cluster(ctx.layout, cluster)
     hold = {"dynia_bootstrap_hold_components": _HOLD_VRRP}
-    rollout.run(layout, cluster, "bootstrap.yml", on_event, extra_vars=hold, limit=joining)
-    _ship_images(layout, cluster, progress)
-    progress("Starting the services on the new node before any HAProxy routes to it")
+    rollout.run(ctx, cluster, "bootstrap.yml", extra_vars=hold, limit=joining)
+    _ship_images(ctx, cluster)
+    ctx.progress("Starting the services on the new node before any HAProxy routes to it")
     hold = {"dynia_sync_hold_components": _HOLD_VRRP}
-    rollout.run(layout, cluster, "sync.yml", on_event, extra_vars=hold, limit=joining)
-    progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
-    rollout.run(layout, cluster, "sync.yml", on_event)  # deploy-config is already rendered
+    rollout.run(ctx, cluster, "sync.yml", extra_vars=hold, limit=joining)
+    ctx.progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
+    rollout.run(ctx, cluster, "sync.yml")  # deploy-config is already rendered
 
 
-def _ship_images(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+def _ship_images(ctx: RunContext, cluster: Cluster) -> None:
     if cluster.services:
-        from dynia.operations.images import ship_service_images
-
-        ship_service_images(layout, cluster, list(cluster.services.values()), progress)
+        ctx.images.ship(ctx.layout, cluster, list(cluster.services.values()), ctx.progress)
 
 
-def remove_node(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    node_name: str,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> None:
+def remove_node(ctx: RunContext, node_name: str) -> None:
     """Stop the node's VRRP, stop routing to it, delete it.
 
     A MASTER hands the Reserved IP over to the backup with the highest priority, which keeps the
     role. Only the remaining nodes are synced, so a node that is already dead can be removed too.
     State forgets the node only once the provider deleted it: a failed delete can be re-run.
     """
-    with cluster_transaction(store, cluster_option, "dynia cluster node remove") as (txn, cluster):
+    command = "dynia cluster node remove"
+    progress = ctx.progress
+    with cluster_transaction(ctx.store, ctx.cluster_option, command) as (txn, cluster):
         node = _node(cluster, node_name)
         if len(cluster.nodes) == 1:
             raise UsageError(
                 f"{node_name} is the last node of {cluster.name}",
                 hint="delete the whole cluster with `dynia cluster delete` instead",
             )
-        provider = get_node_provider(cluster.node_provider, layout)
-        infra.adopt_live_master(layout, cluster, progress)
+        provider = ctx.node_provider(cluster)
+        infra.adopt_live_master(ctx, cluster)
         was_master = cluster.master is node
         progress(f"Stopping keepalived on {node_name}, so it never claims the Reserved IP again")
-        _hand_over(layout, cluster, node_name, progress, on_event)
+        _hand_over(ctx, cluster, node_name)
         if was_master:
             successor = max(
                 (n for n in cluster.nodes.values() if n is not node),
@@ -127,59 +110,52 @@ def remove_node(
             progress(f"{node_name} was MASTER: {successor.name} took over the role")
             node.priority = 1  # ranked last until it is gone, never taken for the MASTER again
             infra.set_priorities(cluster, successor.name)
-            infra.attach_reserved_ip(txn, cluster, provider, progress)
+            infra.attach_reserved_ip(ctx, txn, cluster, provider)
         progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
         remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
         del cluster.nodes[node_name]
-        rollout.render_and_sync(layout, cluster, on_event, limit=remaining)
+        rollout.render_and_sync(ctx, cluster, limit=remaining)
         progress(f"Deleting {node_name}")
         provider.delete_node(cluster.name, node.provider_id)
-        infra.write_known_hosts(layout, cluster)
+        infra.write_known_hosts(ctx.layout, cluster)
         txn.save()
 
 
-def _hand_over(
-    layout: HomeLayout, cluster: Cluster, node_name: str, progress: Progress, on_event: EventSink
-) -> None:
+def _hand_over(ctx: RunContext, cluster: Cluster, node_name: str) -> None:
     """Stop keepalived on the node once its requests in flight are done (handover.yml).
 
     A node that cannot be reached holds nothing: keepalived on the others already moved on.
     """
     ports = [cluster.settings.http_port, cluster.settings.https_port]
     result = rollout.run(
-        layout,
+        ctx,
         cluster,
         "handover.yml",
-        on_event,
         extra_vars={"dynia_handover_ports": ports},
         limit=node_name,
         raise_on_failure=False,
     )
     if not result.ok:
-        progress(f"  {node_name} could not hand over ({', '.join(result.failed_hosts)}); going on")
+        ctx.progress(
+            f"  {node_name} could not hand over ({', '.join(result.failed_hosts)}); going on"
+        )
 
 
-def activate_node(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    node_name: str,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> str:
+def activate_node(ctx: RunContext, node_name: str) -> str:
     """Health-check the target, make it MASTER, check it holds the Reserved IP and answers.
 
     The target first becomes the first backup; the MASTER then hands the address over once its
     requests in flight are done, so no request is reset; last, the new priorities roll out.
     """
     command = "dynia cluster node activate"
-    with cluster_transaction(store, cluster_option, command) as (txn, cluster):
+    progress = ctx.progress
+    with cluster_transaction(ctx.store, ctx.cluster_option, command) as (txn, cluster):
         require_provisioned(cluster)
         target = _node(cluster, node_name)
-        provider = get_node_provider(cluster.node_provider, layout)
+        provider = ctx.node_provider(cluster)
         progress(f"Health-checking {node_name}")
-        rollout.run(layout, cluster, "health.yml", on_event, limit=node_name)
-        adopted = infra.adopt_live_master(layout, cluster, progress)
+        rollout.run(ctx, cluster, "health.yml", limit=node_name)
+        adopted = infra.adopt_live_master(ctx, cluster)
         current = cluster.master
         if current is not None and current is not target:
             progress(f"{node_name} becomes the first backup")
@@ -187,28 +163,28 @@ def activate_node(
             txn.save()  # the inventory's master/backup groups follow the priorities
             # Only the target's keepalived file changes, unless the live MASTER was just adopted.
             limit = None if adopted else node_name
-            rollout.render_and_sync(layout, cluster, on_event, limit=limit)
+            rollout.render_and_sync(ctx, cluster, limit=limit)
             progress(f"{current.name} hands the Reserved IP over to {node_name}")
-            _hand_over(layout, cluster, current.name, progress, on_event)
+            _hand_over(ctx, cluster, current.name)
         infra.set_priorities(cluster, node_name)
         txn.save()
         progress("Rolling out the new priorities")
-        rollout.render_and_sync(layout, cluster, on_event)
-        infra.attach_reserved_ip(txn, cluster, provider, progress)
+        rollout.render_and_sync(ctx, cluster)
+        infra.attach_reserved_ip(ctx, txn, cluster, provider)
         if provider.reserved_ip_mode == "vrrp":
-            _wait_until_holder(layout, cluster, target)
+            _wait_until_holder(ctx, cluster, target)
         txn.save()
-        return infra.wait_for_reserved_ip(cluster)
+        return ctx.probe.wait_for_reserved_ip(cluster)
 
 
 def _wait_until_holder(
-    layout: HomeLayout, cluster: Cluster, node: Node, timeout: float = 15.0
+    ctx: RunContext, cluster: Cluster, node: Node, timeout: float = 15.0
 ) -> None:
     """Check on the node itself that keepalived gave it the Reserved IP."""
     assert cluster.reserved_ip is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if infra.holds_master_address(layout, cluster, node):
+        if ctx.probe.holds_master_address(ctx.layout, cluster, node):
             return
         time.sleep(0.5)
     raise VerifyError(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynia.errors import NotFoundError, UsageError
-from dynia.paths import HomeLayout
 from dynia.state import StateStore, Transaction
 from dynia.state.models import STATUS_PLANNED, Cluster, State
+
+if TYPE_CHECKING:
+    from dynia.operations.run_context import RunContext
 
 
 def resolve_cluster_name(state: State, option: str | None) -> str:
@@ -113,7 +115,7 @@ def cluster_details(cluster: Cluster, current: str | None) -> dict[str, Any]:
     return summary
 
 
-def node_health(layout: HomeLayout, cluster: Cluster) -> dict[str, dict[str, Any]]:
+def node_health(ctx: RunContext, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """Live health of every node over SSH (health.yml): proxies running, health paths answering.
 
     Read-only; a node that cannot be reached or fails a check is reported, not raised.
@@ -121,9 +123,9 @@ def node_health(layout: HomeLayout, cluster: Cluster) -> dict[str, dict[str, Any
     from dynia.operations import rollout
     from dynia.operations.deploy_config import render_cluster
 
-    if not (layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
-        render_cluster(layout, cluster)
-    result = rollout.run(layout, cluster, "health.yml", raise_on_failure=False)
+    if not (ctx.layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
+        render_cluster(ctx.layout, cluster)
+    result = rollout.run(ctx, cluster, "health.yml", raise_on_failure=False)
     health = {}
     for name in sorted(cluster.nodes):
         host = result.hosts.get(name)

@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
-from dynia.operations import Progress, certificates, infra, rollout
+from dynia.operations import certificates, infra, rollout
 from dynia.operations.clusters import get_cluster, require_provisioned, resolve_cluster_name
 from dynia.operations.deploy_config import render_cluster
-from dynia.operations.images import resolve_images, ship_service_images
-from dynia.operations.rollout import EventSink
+from dynia.operations.images import ImageTransfer
+from dynia.operations.run_context import RunContext
 from dynia.operations.verify import verify_route
-from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
-from dynia.state import StateStore, Transaction
+from dynia.state import Transaction
 from dynia.state.models import (
     STATUS_SERVING,
     Cluster,
@@ -123,7 +122,7 @@ def read_compose(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
+def _build_service(cluster: Cluster, request: DeployRequest, images: ImageTransfer) -> Service:
     text = read_compose(request.compose_path)
     document = parse_compose(text, str(request.compose_path))
     facts = inspect_compose(document, request.name, request.container_port)
@@ -136,17 +135,12 @@ def _build_service(cluster: Cluster, request: DeployRequest) -> Service:
         container_port=facts.container_port,
         main_service=facts.main_service,
         health_path=request.health_path,
-        image_ids=resolve_images(facts.images),
+        image_ids=images.resolve(facts.images),
     )
 
 
 def _restore_previous(
-    layout: HomeLayout,
-    txn: Transaction,
-    previous: Cluster,
-    failure: Exception,
-    progress: Progress,
-    on_event: EventSink,
+    ctx: RunContext, txn: Transaction, previous: Cluster, failure: Exception
 ) -> None:
     """Put the previous definition back in state and deploy-config, and on any node it left.
 
@@ -155,52 +149,40 @@ def _restore_previous(
     """
     txn.state.clusters[previous.name] = previous
     txn.save()
-    render_cluster(layout, previous, validate=False)
+    render_cluster(ctx.layout, previous, validate=False)
     result = getattr(failure, "result", None)
     updated = sorted(
         name for name, host in (result.hosts.items() if result else []) if host.ok and host.changed
     )
     if updated:
-        progress(f"Rolling {', '.join(updated)} back to the previous version")
-        rollout.run(layout, previous, "sync.yml", on_event, limit=",".join(updated))
+        ctx.progress(f"Rolling {', '.join(updated)} back to the previous version")
+        rollout.run(ctx, previous, "sync.yml", limit=",".join(updated))
     if isinstance(failure, RunnerError):
-        progress("Rollout stopped; the previous version is serving on every node.")
+        ctx.progress("Rollout stopped; the previous version is serving on every node.")
 
 
 def _apply_or_restore(
-    layout: HomeLayout,
-    txn: Transaction,
-    cluster: Cluster,
-    previous: Cluster,
-    change: Callable[[], None],
-    progress: Progress,
-    on_event: EventSink,
+    ctx: RunContext, txn: Transaction, previous: Cluster, change: Callable[[], None]
 ) -> None:
     """Run ``change`` (ship images, roll out); any failure restores ``previous`` everywhere."""
     try:
         change()
     except Exception as failure:
-        _restore_previous(layout, txn, previous, failure, progress, on_event)
+        _restore_previous(ctx, txn, previous, failure)
         raise
 
 
-def deploy_service(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    request: DeployRequest,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> DeployOutcome:
+def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
     _checked_name("service", request.name)
     domain = _checked_domain(request.domain) if request.domain else None
-    with store.transaction("dynia deploy") as txn:
-        cluster = _ready_cluster(txn, cluster_option)
+    layout, progress = ctx.layout, ctx.progress
+    with ctx.store.transaction("dynia deploy") as txn:
+        cluster = _ready_cluster(txn, ctx.cluster_option)
         dns = dns_provider_for(cluster, layout) if domain else None
         if domain and dns:
             _check_route_free(cluster, domain, request.name)
             dns.find_zone(domain)
-        service = _build_service(cluster, request)
+        service = _build_service(cluster, request, ctx.images)
         previous = copy.deepcopy(cluster)
         cluster.services[service.name] = service
         if domain:
@@ -210,24 +192,24 @@ def deploy_service(
             if domain:
                 infra.ensure_certificate(layout, txn, cluster)
             progress(f"Copying images of {service.name} to nodes that lack them")
-            ship_service_images(layout, cluster, [service], progress)
+            ctx.images.ship(layout, cluster, [service], progress)
             progress(f"Rolling out {service.name}, one node at a time")
-            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
-        _revoke_replaced_certificates(layout, cluster, progress)
+        _apply_or_restore(ctx, txn, previous, change)
+        _revoke_replaced_certificates(ctx, cluster)
         cluster.status = STATUS_SERVING
         txn.save()
         outcome = DeployOutcome(service=service.name, changed=True)
         if domain and dns:
-            outcome.warnings += _bind_dns(txn, cluster, domain, dns, layout, progress)
+            outcome.warnings += _bind_dns(ctx, txn, cluster, domain, dns)
         return outcome
 
 
-def _revoke_replaced_certificates(layout: HomeLayout, cluster: Cluster, progress: Progress) -> None:
+def _revoke_replaced_certificates(ctx: RunContext, cluster: Cluster) -> None:
     """Revoke certificates a rollout replaced (Cloudflare Origin CA) that no node serves now."""
-    for line in certificates.revoke_superseded(layout, cluster):
-        progress(line)
+    for line in certificates.revoke_superseded(ctx.layout, cluster):
+        ctx.progress(line)
 
 
 def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
@@ -240,48 +222,36 @@ def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
 
 
 def _bind_dns(
-    txn: Transaction,
-    cluster: Cluster,
-    domain: str,
-    dns: object,
-    layout: HomeLayout,
-    progress: Progress,
+    ctx: RunContext, txn: Transaction, cluster: Cluster, domain: str, dns: object
 ) -> list[str]:
     """Create the A record to the Reserved IP, then verify DNS -> TLS -> health path."""
     assert cluster.reserved_ip is not None
-    progress(f"DNS: {domain} -> {cluster.reserved_ip.address}")
+    ctx.progress(f"DNS: {domain} -> {cluster.reserved_ip.address}")
     record = dns.upsert_a_record(domain, cluster.reserved_ip.address)  # type: ignore[attr-defined]
     cluster.routes[domain].dns_record_id = record.id
     txn.save()
     try:
-        answer = verify_route(layout, cluster, domain, dns)  # type: ignore[arg-type]
-        progress(f"Verified: {answer}")
+        answer = verify_route(ctx.layout, cluster, domain, dns)  # type: ignore[arg-type]
+        ctx.progress(f"Verified: {answer}")
         return []
     except VerifyError as exc:
         return [f"{exc.message} (the service keeps running; {exc.hint or 'check DNS'})"]
 
 
 def bind_route(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    domain_value: str,
-    service_name: str,
-    progress: Progress,
-    on_event: EventSink = None,
-    https_only: bool | None = None,
+    ctx: RunContext, domain_value: str, service_name: str, https_only: bool | None = None
 ) -> list[str]:
     """Route the domain to the service; ``https_only`` None keeps the route's setting."""
     domain = _checked_domain(domain_value)
-    with store.transaction("dynia route bind") as txn:
-        cluster = _ready_cluster(txn, cluster_option)
+    with ctx.store.transaction("dynia route bind") as txn:
+        cluster = _ready_cluster(txn, ctx.cluster_option)
         if service_name not in cluster.services:
             raise NotFoundError(
                 f"cluster {cluster.name!r} has no service {service_name!r}",
                 hint="deploy it first with `dynia deploy --name ... --compose ...`",
             )
         _check_route_free(cluster, domain, service_name)
-        dns = dns_provider_for(cluster, layout)
+        dns = dns_provider_for(cluster, ctx.layout)
         dns.find_zone(domain)
         previous = copy.deepcopy(cluster)
         route = cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
@@ -289,32 +259,25 @@ def bind_route(
             route.https_only = https_only
 
         def change() -> None:
-            infra.ensure_certificate(layout, txn, cluster)
-            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+            infra.ensure_certificate(ctx.layout, txn, cluster)
+            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
-        _revoke_replaced_certificates(layout, cluster, progress)
-        return _bind_dns(txn, cluster, domain, dns, layout, progress)
+        _apply_or_restore(ctx, txn, previous, change)
+        _revoke_replaced_certificates(ctx, cluster)
+        return _bind_dns(ctx, txn, cluster, domain, dns)
 
 
-def unbind_route(
-    layout: HomeLayout,
-    store: StateStore,
-    cluster_option: str | None,
-    domain_value: str,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> None:
+def unbind_route(ctx: RunContext, domain_value: str) -> None:
     domain = _checked_domain(domain_value)
-    with store.transaction("dynia route unbind") as txn:
-        cluster = _ready_cluster(txn, cluster_option)
+    with ctx.store.transaction("dynia route unbind") as txn:
+        cluster = _ready_cluster(txn, ctx.cluster_option)
         if domain not in cluster.routes:
             raise NotFoundError(
                 f"{domain} is not bound in cluster {cluster.name!r}",
                 hint=f"bound domains: {', '.join(sorted(cluster.routes)) or 'none'}",
             )
-        dns = dns_provider_for(cluster, layout)
-        progress(f"Deleting DNS record {domain}")
+        dns = dns_provider_for(cluster, ctx.layout)
+        ctx.progress(f"Deleting DNS record {domain}")
         dns.delete_a_record(domain)
         cluster.routes[domain].dns_record_id = None
         txn.save()
@@ -322,6 +285,6 @@ def unbind_route(
         del cluster.routes[domain]
 
         def change() -> None:
-            rollout.sync_and_verify(layout, cluster, on_event, persist=txn.save)
+            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(layout, txn, cluster, previous, change, progress, on_event)
+        _apply_or_restore(ctx, txn, previous, change)

@@ -7,6 +7,7 @@ and skipped on nodes that already hold the same image id.
 from __future__ import annotations
 
 import subprocess
+from typing import Protocol
 
 from dynia import ssh
 from dynia.errors import ProviderError, UsageError
@@ -98,3 +99,25 @@ def ship_service_images(
                 _ship(layout, cluster, node, image)
                 copies += 1
     return copies
+
+
+class ImageTransfer(Protocol):
+    """How a deploy finds its images here and gets them onto the nodes."""
+
+    def resolve(self, images: list[str]) -> dict[str, str]: ...
+
+    def ship(
+        self, layout: HomeLayout, cluster: Cluster, services: list[Service], progress: Progress
+    ) -> int: ...
+
+
+class ControllerImages:
+    """The real transfer: this machine's docker, streamed to each node over SSH."""
+
+    def resolve(self, images: list[str]) -> dict[str, str]:
+        return resolve_images(images)
+
+    def ship(
+        self, layout: HomeLayout, cluster: Cluster, services: list[Service], progress: Progress
+    ) -> int:
+        return ship_service_images(layout, cluster, services, progress)

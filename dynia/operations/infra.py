@@ -9,14 +9,11 @@ from __future__ import annotations
 import time
 
 from dynia import naming, ssh
-from dynia.errors import VerifyError
-from dynia.operations import Progress, certificates, host_keys, rollout
-from dynia.operations.rollout import EventSink
+from dynia.operations import certificates, host_keys, rollout
+from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers import get_node_provider, node_provider_traits
+from dynia.providers import node_provider_traits
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
-from dynia.render.variables import master_marker
-from dynia.ssh import SshError
 from dynia.state import Transaction
 from dynia.state.models import (
     BACKUP_PRIORITY,
@@ -81,14 +78,14 @@ def plan_nodes(txn: Transaction, cluster: Cluster, count: int) -> list[Node]:
 
 
 def create_planned_nodes(
-    layout: HomeLayout,
+    ctx: RunContext,
     txn: Transaction,
     cluster: Cluster,
     provider: NodeProvider,
     public_key: str,
-    progress: Progress,
     created_status: str = NODE_READY,
 ) -> None:
+    layout, progress = ctx.layout, ctx.progress
     pending = sorted(
         (n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING), key=lambda n: n.name
     )
@@ -119,15 +116,11 @@ def create_planned_nodes(
 
 
 def provision(
-    layout: HomeLayout,
-    txn: Transaction,
-    cluster: Cluster,
-    provider: NodeProvider,
-    count: int,
-    progress: Progress,
+    ctx: RunContext, txn: Transaction, cluster: Cluster, provider: NodeProvider, count: int
 ) -> None:
     """Keys, network, nodes, Reserved IP and certificate: everything that exists before config."""
-    public_key = ensure_keys(layout, txn, cluster)
+    progress = ctx.progress
+    public_key = ensure_keys(ctx.layout, txn, cluster)
     if cluster.network is None:
         progress("Creating the cluster network")
         info = provider.ensure_network(cluster.name)
@@ -136,7 +129,7 @@ def provision(
         txn.save()
     progress(f"Provisioning {count} node(s) with the {provider.name} provider")
     plan_nodes(txn, cluster, count)
-    create_planned_nodes(layout, txn, cluster, provider, public_key, progress)
+    create_planned_nodes(ctx, txn, cluster, provider, public_key)
     cluster.mark_step(STEP_NODES)
     if cluster.reserved_ip is None:
         info = provider.allocate_reserved_ip(cluster.name, cluster.region)
@@ -144,7 +137,7 @@ def provision(
         cluster.mark_step(STEP_RESERVED_IP)
         txn.save()
         progress(f"Reserved IP {info.address} allocated")
-    ensure_certificate(layout, txn, cluster)
+    ensure_certificate(ctx.layout, txn, cluster)
 
 
 def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> None:
@@ -161,12 +154,7 @@ def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -
 
 
 def roll_out_infra(
-    layout: HomeLayout,
-    txn: Transaction,
-    cluster: Cluster,
-    provider: NodeProvider,
-    progress: Progress,
-    on_event: EventSink = None,
+    ctx: RunContext, txn: Transaction, cluster: Cluster, provider: NodeProvider
 ) -> None:
     """Render, bootstrap the nodes, roll the configs out and put the Reserved IP on the MASTER."""
     from dynia.operations.deploy_config import render_cluster
@@ -177,43 +165,36 @@ def roll_out_infra(
     resumed = cluster.step_done(STEP_ROLLOUT_STARTED)
     cluster.mark_step(STEP_ROLLOUT_STARTED)
     txn.save()
-    progress("Rendering deploy-config")
-    render_cluster(layout, cluster)
-    progress("Preparing nodes (bootstrap)")
-    rollout.run(layout, cluster, "bootstrap.yml", on_event)
+    ctx.progress("Rendering deploy-config")
+    render_cluster(ctx.layout, cluster)
+    ctx.progress("Preparing nodes (bootstrap)")
+    rollout.run(ctx, cluster, "bootstrap.yml")
     cluster.mark_step(STEP_BOOTSTRAP)
     txn.save()
-    progress(
+    ctx.progress(
         "Rolling sync, one node at a time" + (", reloading every component" if resumed else "")
     )
-    rollout.run(
-        layout, cluster, "sync.yml", on_event, {"dynia_sync_force": True} if resumed else None
-    )
+    force = {"dynia_sync_force": True} if resumed else None
+    rollout.run(ctx, cluster, "sync.yml", extra_vars=force)
     cluster.mark_step(STEP_SYNC)
     txn.save()
-    record_elected_master(layout, txn, cluster, progress, on_event)
-    attach_reserved_ip(txn, cluster, provider, progress)
+    record_elected_master(ctx, txn, cluster)
+    attach_reserved_ip(ctx, txn, cluster, provider)
 
 
-def record_elected_master(
-    layout: HomeLayout,
-    txn: Transaction,
-    cluster: Cluster,
-    progress: Progress,
-    on_event: EventSink = None,
-) -> None:
+def record_elected_master(ctx: RunContext, txn: Transaction, cluster: Cluster) -> None:
     """After keepalived (re)started on every node, make state's MASTER the node it elected.
 
     Without preemption the first node to start wins, whatever its priority; the new
     priorities roll out so the files on the nodes match state again.
     """
-    if adopt_live_master(layout, cluster, progress, wait=15):
+    if adopt_live_master(ctx, cluster, wait=15):
         txn.save()
-        rollout.render_and_sync(layout, cluster, on_event)
+        rollout.render_and_sync(ctx, cluster)
 
 
 def attach_reserved_ip(
-    txn: Transaction, cluster: Cluster, provider: NodeProvider, progress: Progress
+    ctx: RunContext, txn: Transaction, cluster: Cluster, provider: NodeProvider
 ) -> None:
     """Point the Reserved IP at the MASTER and check the cluster answers on it."""
     master = cluster.master
@@ -222,47 +203,13 @@ def attach_reserved_ip(
         info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
         provider.attach_reserved_ip(info, master.provider_id)
     cluster.reserved_ip.attached_to = master.name
-    wait_for_reserved_ip(cluster)
+    ctx.probe.wait_for_reserved_ip(cluster)
     cluster.mark_step(STEP_ATTACH)
     txn.save()
-    progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
+    ctx.progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
 
 
-def wait_for_reserved_ip(cluster: Cluster, timeout: float = 30.0) -> str:
-    """Wait until a node's Caddy answers through the Reserved IP; returns the answer's status.
-
-    The controller is a client like any other: HAProxy keeps the health path for the nodes
-    (404), so the probe asks for a host no route serves. Caddy answers it (404, "no route for
-    this host"); HAProxy itself answers 503 while no node passes its health check.
-    """
-    import urllib.error
-    import urllib.request
-
-    assert cluster.reserved_ip is not None
-    url = f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}/"
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:  # a node answered; only HAProxy's own errors are 5xx here
-                return f"HTTP {exc.code}"
-            last_error = f"HTTP {exc.code}"
-        except OSError as exc:
-            last_error = str(exc)
-        time.sleep(0.5)
-    raise VerifyError(
-        f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
-        f"{timeout:.0f}s ({last_error})",
-        hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
-    )
-
-
-def adopt_live_master(
-    layout: HomeLayout, cluster: Cluster, progress: Progress, wait: float = 0.0
-) -> bool:
+def adopt_live_master(ctx: RunContext, cluster: Cluster, wait: float = 0.0) -> bool:
     """Make the node keepalived elected the MASTER in state too.
 
     keepalived runs without preemption: a node that failed and came back stays BACKUP, so the
@@ -272,44 +219,23 @@ def adopt_live_master(
     keepalived to elect a MASTER when no node holds the address yet (keepalived just started).
     """
     deadline = time.monotonic() + wait
-    holder = live_master(layout, cluster)
+    holder = live_master(ctx, cluster)
     while holder is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        holder = live_master(layout, cluster)
+        holder = live_master(ctx, cluster)
     if holder is None or holder is cluster.master:
         return False
-    progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")
+    ctx.progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")
     set_priorities(cluster, holder.name)
     return True
 
 
-def live_master(layout: HomeLayout, cluster: Cluster) -> Node | None:
+def live_master(ctx: RunContext, cluster: Cluster) -> Node | None:
     """The node that holds the MASTER's address now, asked over SSH; None when none answers."""
     for node in sorted(cluster.nodes.values(), key=lambda n: (-n.priority, n.name)):
-        if holds_master_address(layout, cluster, node):
+        if ctx.probe.holds_master_address(ctx.layout, cluster, node):
             return node
     return None
-
-
-def holds_master_address(layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
-    """Whether keepalived gave ``node`` the MASTER's address: the Reserved IP itself, or in API
-    mode the MASTER's marker on lo. A node that cannot be reached holds nothing."""
-    if cluster.reserved_ip is None or not node.public_ip:
-        return False
-    api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
-    address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
-    try:
-        done = ssh.run_ssh(
-            node.public_ip,
-            layout.ssh_private_key(cluster.name),
-            layout.known_hosts(cluster.name),
-            ["ip", "-4", "-o", "addr", "show"],
-            timeout=10,
-            check=False,
-        )
-    except SshError:
-        return False
-    return f" {address}/" in done.stdout.decode(errors="replace")
 
 
 def set_priorities(cluster: Cluster, master: str) -> None:

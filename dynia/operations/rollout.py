@@ -8,10 +8,9 @@ from typing import Any
 
 from dynia.errors import DriftError
 from dynia.operations.deploy_config import render_cluster
-from dynia.paths import HomeLayout
+from dynia.operations.run_context import RunContext
+from dynia.runner import PlaybookResult
 from dynia.state.models import NODE_OUT_OF_SYNC, NODE_READY, Cluster
-
-EventSink = Callable[[Any], None] | None
 
 
 @dataclass
@@ -56,38 +55,34 @@ class DriftReport:
 
 
 def run(
-    layout: HomeLayout,
+    ctx: RunContext,
     cluster: Cluster,
     playbook: str,
-    on_event: EventSink = None,
+    *,
     extra_vars: dict[str, Any] | None = None,
     limit: str | None = None,
     raise_on_failure: bool = True,
-) -> Any:
+) -> PlaybookResult:
     """Run one of the generated project's playbooks; RunnerError names failed nodes."""
-    from dynia.runner import run_playbook
-
-    return run_playbook(
-        layout.deploy_config_dir(cluster.name),
+    return ctx.runner(
+        ctx.layout.deploy_config_dir(cluster.name),
         playbook,
         extra_vars=extra_vars,
         limit=limit,
-        on_event=on_event,
+        on_event=ctx.on_event,
         raise_on_failure=raise_on_failure,
     )
 
 
-def render_and_sync(
-    layout: HomeLayout, cluster: Cluster, on_event: EventSink = None, limit: str | None = None
-) -> Any:
+def render_and_sync(ctx: RunContext, cluster: Cluster, limit: str | None = None) -> PlaybookResult:
     """Render (validated) and run the rolling, health-gated sync."""
-    render_cluster(layout, cluster)
-    return run(layout, cluster, "sync.yml", on_event, limit=limit)
+    render_cluster(ctx.layout, cluster)
+    return run(ctx, cluster, "sync.yml", limit=limit)
 
 
-def compare_nodes(layout: HomeLayout, cluster: Cluster, on_event: EventSink = None) -> DriftReport:
+def compare_nodes(ctx: RunContext, cluster: Cluster) -> DriftReport:
     """Read-only comparison of every node with deploy-config."""
-    result = run(layout, cluster, "drift-check.yml", on_event, raise_on_failure=False)
+    result = run(ctx, cluster, "drift-check.yml", raise_on_failure=False)
     return drift_report(cluster, result)
 
 
@@ -136,9 +131,8 @@ def mark_sync_outcome(cluster: Cluster, report: DriftReport) -> list[str]:
 
 
 def sync_and_verify(
-    layout: HomeLayout,
+    ctx: RunContext,
     cluster: Cluster,
-    on_event: EventSink = None,
     persist: Callable[[], None] | None = None,
     render: bool = True,
 ) -> DriftReport:
@@ -147,11 +141,8 @@ def sync_and_verify(
     The sync's own comparisons are the verification; drift-check runs only when the sync did
     not compare every node.
     """
-    if render:
-        result = render_and_sync(layout, cluster, on_event)
-    else:
-        result = run(layout, cluster, "sync.yml", on_event)
-    report = compared_by_sync(cluster, result) or compare_nodes(layout, cluster, on_event)
+    result = render_and_sync(ctx, cluster) if render else run(ctx, cluster, "sync.yml")
+    report = compared_by_sync(cluster, result) or compare_nodes(ctx, cluster)
     drifted = mark_sync_outcome(cluster, report)
     if persist:
         persist()

@@ -246,7 +246,7 @@ def test_deploy_with_any_compose_file_changes_nothing_before_the_nodes(
         path.write_text(compose)
         before = files_of(home)
         stop = ImagesReached("compose file accepted", hint="the image check comes next")
-        with mock.patch("dynia.operations.deploy.resolve_images", side_effect=stop):
+        with mock.patch("dynia.operations.images.resolve_images", side_effect=stop):
             args = [word for pair in extra for word in pair]
             outcome = run_dynia(home, "deploy", "--name", "web", "--compose", str(path), *args)
         assert outcome.exit_code != 0

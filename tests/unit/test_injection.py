@@ -326,7 +326,7 @@ def test_deploy_flags_with_a_payload_are_refused_naming_the_flag(
     words = [word for pair in args.items() for word in pair]
     # The flags are refused before the images are looked at (which would ask Docker).
     reached = AssertionError("the deploy reached the image check")
-    with mock.patch("dynia.operations.deploy.resolve_images", side_effect=reached):
+    with mock.patch("dynia.operations.images.resolve_images", side_effect=reached):
         outcome = run_dynia(home, "deploy", "--compose", str(compose), *words)
     assert outcome.exit_code == 2, outcome.stderr
     assert named in outcome.stderr

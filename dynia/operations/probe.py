@@ -1,0 +1,82 @@
+"""What operations ask the nodes directly, outside a playbook run: over SSH and HTTP.
+
+``LiveProbe`` is the real one; ``RunContext.probe`` carries it, so the steps that depend on an
+answer (who holds the Reserved IP, does it answer) can be driven by a double in tests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from dynia import ssh
+from dynia.errors import VerifyError
+from dynia.paths import HomeLayout
+from dynia.providers import get_node_provider
+from dynia.render.variables import master_marker
+from dynia.ssh import SshError
+from dynia.state.models import Cluster, Node
+
+
+class NodeProbe(Protocol):
+    def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
+        """Whether keepalived gave ``node`` the MASTER's address; False when unreachable."""
+        ...
+
+    def wait_for_reserved_ip(self, cluster: Cluster, timeout: float = 30.0) -> str:
+        """The answer through the Reserved IP once a node gives one; VerifyError on timeout."""
+        ...
+
+
+class LiveProbe:
+    """Asks the nodes themselves: `ip addr` over the pinned SSH connection, HTTP to the IP."""
+
+    def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
+        """The Reserved IP itself, or in API mode the MASTER's marker on lo."""
+        if cluster.reserved_ip is None or not node.public_ip:
+            return False
+        api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
+        address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
+        try:
+            done = ssh.run_ssh(
+                node.public_ip,
+                layout.ssh_private_key(cluster.name),
+                layout.known_hosts(cluster.name),
+                ["ip", "-4", "-o", "addr", "show"],
+                timeout=10,
+                check=False,
+            )
+        except SshError:
+            return False
+        return f" {address}/" in done.stdout.decode(errors="replace")
+
+    def wait_for_reserved_ip(self, cluster: Cluster, timeout: float = 30.0) -> str:
+        """Wait until a node's Caddy answers through the Reserved IP; returns the status.
+
+        The controller is a client like any other: HAProxy keeps the health path for the nodes
+        (404), so the probe asks for a host no route serves. Caddy answers it (404, "no route
+        for this host"); HAProxy itself answers 503 while no node passes its health check.
+        """
+        import urllib.error
+        import urllib.request
+
+        assert cluster.reserved_ip is not None
+        url = f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}/"
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:  # a node answered; only HAProxy's own errors are 5xx here
+                    return f"HTTP {exc.code}"
+                last_error = f"HTTP {exc.code}"
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.5)
+        raise VerifyError(
+            f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
+            f"{timeout:.0f}s ({last_error})",
+            hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
+        )
