@@ -1,0 +1,745 @@
+"""Orchestration: which playbooks an operation runs, on which nodes, in which order, and what
+state and deploy-config say afterwards - including after a failure or an interrupted run.
+
+The operations, the state store and the renderer are the real ones. What leaves this process is
+replaced by doubles of Dynia's own boundaries, the ones a RunContext carries: the playbook runner
+(it records each run and answers with a PlaybookResult built by the real EventCollector from
+scripted events, ok or failed per node), the node probe (who holds the Reserved IP, does it
+answer), the image transfer and the node provider. Nothing here needs Docker or a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sample_state import WEB_COMPOSE, sample_cluster, save_sample
+
+from dynia import pki
+from dynia.errors import DriftError, ProviderError, RunnerError, UsageError, VerifyError
+from dynia.operations import certificates, cluster_nodes, operate
+from dynia.operations.cluster_create import CreateRequest, create_cluster
+from dynia.operations.cluster_delete import delete_cluster
+from dynia.operations.deploy import DeployRequest, deploy_service
+from dynia.operations.deploy_config import render_cluster
+from dynia.operations.run_context import RunContext
+from dynia.paths import INVENTORY_FILE, HomeLayout
+from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
+from dynia.runner import PlaybookResult, ProgressEvent
+from dynia.runner.events import DRIFT_KEY, EventCollector
+from dynia.state import StateStore
+from dynia.state.models import (
+    MASTER_PRIORITY,
+    NODE_JOINING,
+    NODE_OUT_OF_SYNC,
+    NODE_READY,
+    STATUS_INFRA_READY,
+    Cluster,
+    Node,
+)
+
+# Playbooks that compare every node's files with the manifest (their tasks return dynia_drift).
+COMPARING = {"sync.yml", "drift-check.yml"}
+# Playbooks that change nodes (a changed count per node).
+CHANGING = {"bootstrap.yml", "sync.yml", "repair.yml", "handover.yml", "teardown.yml"}
+# serial: 1 with max_fail_percentage: 0: a failed node stops the play; later nodes never run.
+SERIAL = {"sync.yml"}
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDyniaOrchestrationTestHostKeyOnlyForTests"
+
+
+# --- doubles of Dynia's boundaries ----------------------------------------------------------
+
+
+@dataclass
+class Run:
+    playbook: str
+    limit: str | None
+    extra_vars: dict[str, Any]
+    hosts: list[str] = field(default_factory=list)  # the nodes the run reached, in order
+
+
+class RecordingRunner:
+    """Stands where ``dynia.runner.run_playbook`` stands; records every run it is asked for.
+
+    The nodes a run reaches are the ones the generated inventory would yield: the cluster's
+    nodes in the state file on disk, narrowed by ``limit``; a sync goes backups first, the
+    MASTER last. The test scripts which nodes fail, which drift and which a sync leaves
+    uncompared.
+    """
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.runs: list[Run] = []
+        self.failing: dict[str, set[str]] = {}  # playbook -> nodes on which it fails
+        self.drift: dict[str, dict[str, list[dict[str, Any]]]] = {}  # playbook -> node -> drift
+        self.uncompared: set[str] = set()  # nodes a sync leaves without a comparison
+        self.interrupt: str | None = None  # playbook during which the operator presses Ctrl-C
+        self.after: dict[str, Callable[[Run], None]] = {}  # what a run does to the world
+        self.seen: dict[str, str] = {}  # deploy-config file -> its text when sync.yml started
+        self.watch: list[str] = []  # deploy-config files to read when sync.yml starts
+
+    def __call__(
+        self,
+        project_dir: Path,
+        playbook: str,
+        *,
+        extra_vars: dict[str, Any] | None = None,
+        limit: str | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        check: bool = False,
+        raise_on_failure: bool = True,
+        hosts: Sequence[str] | None = None,
+    ) -> PlaybookResult:
+        run = Run(playbook, limit, dict(extra_vars or {}))
+        self.runs.append(run)
+        self.journal.append(f"{playbook} {limit or 'all'}")
+        if playbook == "sync.yml":
+            self.seen = {name: (Path(project_dir) / name).read_text() for name in self.watch}
+        if self.interrupt == playbook:
+            self.interrupt = None
+            raise KeyboardInterrupt  # what run_playbook raises when the run was cancelled
+        targets = inventory_nodes(Path(project_dir), playbook, limit)
+        collector = EventCollector(targets, on_event)
+        failed = self._play(run, targets, collector)
+        collector(stats_event(run.hosts, failed, changed=playbook in CHANGING))
+        result = collector.result(2 if failed else 0)
+        if playbook in self.after:
+            self.after[playbook](run)
+        if raise_on_failure and not result.ok:
+            error = RunnerError(f"{playbook} failed (failed: {', '.join(failed)})")
+            error.result = result  # type: ignore[attr-defined]  # as run_playbook attaches it
+            raise error
+        return result
+
+    def _play(self, run: Run, targets: list[str], collector: EventCollector) -> list[str]:
+        failed: list[str] = []
+        for node in targets:
+            run.hosts.append(node)
+            if node in self.failing.get(run.playbook, set()):
+                collector(task_event("runner_on_failed", node, {"msg": "health check failed"}))
+                failed.append(node)
+                if run.playbook in SERIAL:
+                    break
+                continue
+            if run.playbook in COMPARING and not (
+                run.playbook == "sync.yml" and node in self.uncompared
+            ):
+                drift = self.drift.get(run.playbook, {}).get(node, [])
+                entries = [{**entry, "node": node} for entry in drift]
+                collector(task_event("runner_on_ok", node, {"changed": False, DRIFT_KEY: entries}))
+            if run.playbook in CHANGING:
+                collector(task_event("runner_on_ok", node, {"changed": True}))
+        return failed
+
+    def calls(self) -> list[tuple[str, str | None]]:
+        return [(run.playbook, run.limit) for run in self.runs]
+
+
+def inventory_nodes(project_dir: Path, playbook: str, limit: str | None) -> list[str]:
+    """The nodes the project's inventory yields now, as the dynia inventory plugin reads them."""
+    config = yaml.safe_load((project_dir / INVENTORY_FILE).read_text())
+    state = StateStore(Path(config["home"])).load()
+    nodes = state.clusters[config["cluster"]].nodes
+    names = sorted(nodes)
+    if limit:
+        names = [name for name in names if name in limit.split(",")]
+    if playbook == "sync.yml":  # hosts: backup:master, serial 1
+        names.sort(key=lambda name: nodes[name].priority >= MASTER_PRIORITY)
+    return names
+
+
+def task_event(kind: str, host: str, res: dict[str, Any]) -> dict[str, Any]:
+    return {"event": kind, "event_data": {"host": host, "task": "a task", "res": res}}
+
+
+def stats_event(hosts: list[str], failed: list[str], changed: bool) -> dict[str, Any]:
+    ok = [host for host in hosts if host not in failed]
+    return {
+        "event": "playbook_on_stats",
+        "event_data": {
+            "ok": dict.fromkeys(ok, 3),
+            "changed": dict.fromkeys(ok, 1) if changed else {},
+            "failures": dict.fromkeys(failed, 1),
+            "dark": {},
+            "skipped": {},
+        },
+    }
+
+
+class KeepalivedProbe:
+    """Stands for the SSH/HTTP probes: the node keepalived elected holds the address.
+
+    ``holder`` None means keepalived agrees with state: the MASTER state ranks first holds it.
+    """
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.holder: str | None = None
+        self.answers = True
+
+    def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
+        master = cluster.master
+        return node.name == (self.holder or (master.name if master else None))
+
+    def wait_for_reserved_ip(self, cluster: Cluster, timeout: float = 30.0) -> str:
+        assert cluster.master is not None
+        self.journal.append(f"reserved IP checked, MASTER {cluster.master.name}")
+        if not self.answers:
+            raise VerifyError("the Reserved IP did not answer")
+        return "HTTP 404"
+
+
+class RecordingImages:
+    """Stands for the controller's docker and the SSH image stream."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+
+    def resolve(self, images: list[str]) -> dict[str, str]:
+        return {image: "sha256:" + hashlib.sha256(image.encode()).hexdigest() for image in images}
+
+    def ship(self, layout: HomeLayout, cluster: Cluster, services: list[Any], progress: Any) -> int:
+        names = ",".join(sorted(service.name for service in services))
+        self.journal.append(f"images of {names} to {','.join(sorted(cluster.nodes))}")
+        return len(cluster.nodes)
+
+
+class InMemoryNodeProvider:
+    """A double of the NodeProvider protocol (dynia/providers/base.py), posing as `local`:
+    found by cluster and name like the real ones, so asking twice makes nothing twice."""
+
+    name = "local"
+    reserved_ip_mode = "vrrp"
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.nodes: dict[str, ProvisionedNode] = {}  # provider id -> node
+        self.created: list[str] = []
+        self.fail_delete = False
+
+    def seed(self, cluster: Cluster) -> None:
+        for node in cluster.nodes.values():
+            self.nodes[node.provider_id] = ProvisionedNode(
+                node.name, node.provider_id, node.public_ip, node.private_ip, [HOST_KEY]
+            )
+
+    def ensure_network(self, cluster: str) -> NetworkInfo:
+        return NetworkInfo(f"dynia-{cluster}", "172.30.9.0/24", "eth0", "172.30.9.1")
+
+    def delete_network(self, cluster: str) -> None:
+        self.journal.append("network deleted")
+
+    def create_node(self, spec: NodeSpec) -> ProvisionedNode:
+        for node in self.nodes.values():
+            if node.name == spec.name:
+                return node
+        address = f"172.30.9.{20 + len(self.nodes)}"
+        made = ProvisionedNode(spec.name, f"m-{spec.name}", address, address, [HOST_KEY])
+        self.nodes[made.provider_id] = made
+        self.created.append(spec.name)
+        self.journal.append(f"created {spec.name}")
+        return made
+
+    def list_nodes(self, cluster: str) -> list[ProvisionedNode]:
+        return list(self.nodes.values())
+
+    def delete_node(self, cluster: str, provider_id: str) -> None:
+        self.journal.append(f"deleted {provider_id}")
+        if self.fail_delete:
+            raise ProviderError("the provider refused the delete")
+        self.nodes.pop(provider_id, None)
+
+    def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo:
+        return ReservedIpInfo("172.30.9.250", "172.30.9.250")
+
+    def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
+        self.journal.append(f"attached to {node_provider_id}")
+
+    def detach_reserved_ip(self, ip: ReservedIpInfo) -> None: ...
+
+    def release_reserved_ip(self, cluster: str, ip: ReservedIpInfo) -> None: ...
+
+
+# --- the rig: a home with the sample cluster, rendered, and a RunContext of doubles ----------
+
+
+@dataclass
+class Rig:
+    home: Path
+    journal: list[str]
+    runner: RecordingRunner
+    probe: KeepalivedProbe
+    images: RecordingImages
+    provider: InMemoryNodeProvider
+    progress: list[str]
+    events: list[ProgressEvent]
+    ctx: RunContext
+
+    @property
+    def layout(self) -> HomeLayout:
+        return self.ctx.layout
+
+    def cluster(self, name: str = "demo") -> Cluster:
+        """The cluster as the state file on disk holds it (checked by loading it)."""
+        return self.ctx.store.load().clusters[name]
+
+    def deployed(self, relative: str) -> str:
+        return (self.layout.deploy_config_dir("demo") / relative).read_text()
+
+
+@pytest.fixture
+def no_validators(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """haproxy, caddy, keepalived and docker compose are left off PATH, so a render skips
+    checking its files with them (test_render covers that; here it would cost a second per
+    render). ssh-keygen stays: a node add makes the cluster's key pair."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    keygen = shutil.which("ssh-keygen")
+    if keygen:
+        (tools / "ssh-keygen").symlink_to(keygen)
+    monkeypatch.setenv("PATH", str(tools))
+
+
+def make_rig(home: Path) -> Rig:
+    journal: list[str] = []
+    runner = RecordingRunner(journal)
+    probe = KeepalivedProbe(journal)
+    images = RecordingImages(journal)
+    provider = InMemoryNodeProvider(journal)
+    progress: list[str] = []
+    events: list[ProgressEvent] = []
+    ctx = RunContext(
+        layout=HomeLayout(home),
+        store=StateStore(home),
+        runner=runner,
+        progress=progress.append,
+        on_event=events.append,
+        probe=probe,
+        images=images,
+        node_providers=lambda name, layout: provider,
+    )
+    return Rig(home, journal, runner, probe, images, provider, progress, events, ctx)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, no_validators: None) -> Iterator[Rig]:
+    """The sample cluster in state, serving, with its certificate and a real deploy-config."""
+    home = tmp_path / "home"
+    layout = HomeLayout(home)
+    cluster = sample_cluster()
+    cluster.tls_fingerprint = certificates.issue_certificate(layout, cluster).fingerprint_sha256
+    save_sample(home, cluster)
+    render_cluster(layout, cluster, validate=False)  # as `dynia render` writes it
+    made = make_rig(home)
+    made.provider.seed(cluster)
+    yield made
+
+
+def write_compose(tmp_path: Path, image: str) -> Path:
+    path = tmp_path / "web.yml"
+    path.write_text(WEB_COMPOSE.replace("dynia-sample-web:1", image))
+    return path
+
+
+COMPOSE_FILE = "services/web/docker-compose.yml"
+DRIFTED = {"path": "/etc/haproxy/haproxy.cfg", "expected": "aa", "actual": "bb"}
+
+
+# --- dynia sync ------------------------------------------------------------------------------
+
+
+def test_sync_that_compared_every_node_is_its_own_verification(rig: Rig) -> None:
+    report = operate.sync(rig.ctx)
+
+    assert rig.runner.calls() == [("sync.yml", None)]  # no second, drift-check run
+    assert rig.runner.runs[0].hosts == ["amber-elk", "quiet-fox", "misty-owl"]  # MASTER last
+    assert report.clean
+    assert {n.status for n in rig.cluster().nodes.values()} == {NODE_READY}
+    assert {e.host for e in rig.events} == {"amber-elk", "quiet-fox", "misty-owl"}
+
+
+def test_sync_that_left_a_node_uncompared_runs_drift_check(rig: Rig) -> None:
+    rig.runner.uncompared = {"quiet-fox"}
+    rig.runner.drift["drift-check.yml"] = {"quiet-fox": [DRIFTED]}
+
+    with pytest.raises(DriftError, match="quiet-fox"):
+        operate.sync(rig.ctx)
+
+    assert rig.runner.calls() == [("sync.yml", None), ("drift-check.yml", None)]
+    statuses = {name: node.status for name, node in rig.cluster().nodes.items()}
+    assert statuses == {
+        "amber-elk": NODE_READY,
+        "misty-owl": NODE_READY,
+        "quiet-fox": NODE_OUT_OF_SYNC,
+    }
+
+
+def test_sync_uncompared_but_clean_passes_after_drift_check(rig: Rig) -> None:
+    rig.runner.uncompared = {"amber-elk"}
+    assert operate.sync(rig.ctx).clean
+    assert rig.runner.calls() == [("sync.yml", None), ("drift-check.yml", None)]
+
+
+def test_sync_applies_deploy_config_as_rendered_and_never_renders(rig: Rig) -> None:
+    rendered = rig.deployed("haproxy/haproxy.cfg")
+    stale = rendered + "# edited by hand after the render\n"
+    (rig.layout.deploy_config_dir("demo") / "haproxy/haproxy.cfg").write_text(stale)
+    rig.runner.watch = ["haproxy/haproxy.cfg"]
+
+    operate.sync(rig.ctx)
+
+    assert rig.runner.seen["haproxy/haproxy.cfg"] == stale
+
+
+def test_sync_without_deploy_config_runs_nothing(rig: Rig) -> None:
+    shutil.rmtree(rig.layout.deploy_config_dir("demo"))
+    with pytest.raises(UsageError, match="dynia render"):
+        operate.sync(rig.ctx)
+    assert rig.runner.runs == []
+
+
+def test_failed_sync_stops_the_roll_and_changes_no_node_status(rig: Rig) -> None:
+    rig.runner.failing["sync.yml"] = {"amber-elk"}
+    with pytest.raises(RunnerError, match="amber-elk"):
+        operate.sync(rig.ctx)
+    assert rig.runner.runs[0].hosts == ["amber-elk"]  # serial: nobody after it ran
+    assert {n.status for n in rig.cluster().nodes.values()} == {NODE_READY}
+
+
+# --- dynia drift-check -----------------------------------------------------------------------
+
+
+def test_drift_check_reports_drift_and_unreachable_nodes_and_changes_nothing(rig: Rig) -> None:
+    before = rig.ctx.store.path.read_bytes()
+    rig.runner.drift["drift-check.yml"] = {"misty-owl": [DRIFTED]}
+    rig.runner.failing["drift-check.yml"] = {"quiet-fox"}
+
+    report = operate.drift_check(rig.ctx)
+
+    assert rig.runner.calls() == [("drift-check.yml", None)]
+    assert rig.runner.runs[0].hosts == ["amber-elk", "misty-owl", "quiet-fox"]  # not serial
+    found = {(e.node, e.path, e.detail) for e in report.entries}
+    assert found == {("misty-owl", DRIFTED["path"], ""), ("quiet-fox", "*", "not checked")}
+    assert rig.ctx.store.path.read_bytes() == before
+
+
+def test_drift_check_renders_a_missing_deploy_config_first(rig: Rig) -> None:
+    shutil.rmtree(rig.layout.deploy_config_dir("demo"))
+    assert operate.drift_check(rig.ctx).clean
+    assert (rig.layout.deploy_config_dir("demo") / "metadata.json").is_file()
+    assert rig.runner.calls() == [("drift-check.yml", None)]
+
+
+# --- dynia deploy ----------------------------------------------------------------------------
+
+
+def test_deploy_renders_ships_images_then_syncs_and_the_sync_verifies(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.runner.watch = [COMPOSE_FILE]
+    request = DeployRequest("web", write_compose(tmp_path, "dynia-sample-web:2"), None, "/healthz")
+
+    outcome = deploy_service(rig.ctx, request)
+
+    assert outcome.service == "web" and outcome.warnings == []
+    assert rig.journal == [
+        "images of web to amber-elk,misty-owl,quiet-fox",
+        "sync.yml all",  # its comparisons of every node are the verification
+    ]
+    assert "dynia-sample-web:2" in rig.runner.seen[COMPOSE_FILE]  # rendered before the sync
+    web = rig.cluster().services["web"]
+    assert "dynia-sample-web:2" in web.compose and web.internal_port == 20000
+    assert set(web.image_ids) == {"dynia-sample-web:2", "dynia-sample-cache:1"}
+
+
+def test_deploy_verifies_with_drift_check_when_the_sync_did_not_compare_every_node(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.runner.uncompared = {"misty-owl"}
+    deploy_service(rig.ctx, DeployRequest("web", write_compose(tmp_path, "dynia-sample-web:2")))
+    assert rig.runner.calls() == [("sync.yml", None), ("drift-check.yml", None)]
+
+
+def test_deploy_whose_sync_fails_restores_the_previous_compose_and_resyncs(
+    rig: Rig, tmp_path: Path
+) -> None:
+    previous_state = rig.cluster().services["web"].compose
+    previous_file = rig.deployed(COMPOSE_FILE)
+    rig.runner.failing["sync.yml"] = {"misty-owl"}  # the MASTER, last: both backups changed
+    restored: dict[str, str] = {}
+    rig.runner.after["sync.yml"] = lambda run: restored.setdefault(
+        run.limit or "all", rig.deployed(COMPOSE_FILE)
+    )
+
+    with pytest.raises(RunnerError, match="misty-owl"):
+        deploy_service(rig.ctx, DeployRequest("web", write_compose(tmp_path, "web:broken")))
+
+    # The backups the roll updated go back to the previous version; the MASTER restored itself.
+    assert rig.runner.calls() == [("sync.yml", None), ("sync.yml", "amber-elk,quiet-fox")]
+    assert "web:broken" not in restored["amber-elk,quiet-fox"]
+    assert rig.deployed(COMPOSE_FILE) == previous_file
+    assert rig.cluster().services["web"].compose == previous_state  # the state file loads
+    assert "Rollout stopped; the previous version is serving on every node." in rig.progress
+
+
+def test_a_new_service_whose_rollout_fails_is_forgotten_again(rig: Rig, tmp_path: Path) -> None:
+    compose = tmp_path / "api.yml"
+    compose.write_text(WEB_COMPOSE.replace("web:", "api:", 1))
+    rig.runner.failing["sync.yml"] = {"amber-elk"}  # the first node: nothing to roll back
+
+    with pytest.raises(RunnerError):
+        deploy_service(rig.ctx, DeployRequest("api", compose))
+
+    assert rig.runner.calls() == [("sync.yml", None)]
+    assert set(rig.cluster().services) == {"web"}
+    assert not (rig.layout.deploy_config_dir("demo") / "services" / "api").exists()
+
+
+# --- dynia repair ----------------------------------------------------------------------------
+
+
+def test_repair_rerenders_reapplies_compares_and_checks_the_reserved_ip(rig: Rig) -> None:
+    (rig.layout.deploy_config_dir("demo") / "haproxy/haproxy.cfg").write_text("stale\n")
+    rig.runner.drift["drift-check.yml"] = {"amber-elk": [DRIFTED]}
+
+    report = operate.repair(rig.ctx)
+
+    assert rig.journal == [
+        "repair.yml all",
+        "drift-check.yml all",
+        "reserved IP checked, MASTER misty-owl",
+    ]
+    assert rig.deployed("haproxy/haproxy.cfg") != "stale\n"  # re-rendered first
+    assert [e.node for e in report.entries] == ["amber-elk"]
+    cluster = rig.cluster()
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+    assert cluster.reserved_ip is not None and cluster.reserved_ip.attached_to == "misty-owl"
+
+
+def test_repair_records_the_master_keepalived_elected_and_rolls_the_priorities_out(
+    rig: Rig,
+) -> None:
+    rig.probe.holder = "quiet-fox"  # keepalived restarted everywhere; quiet-fox won
+    operate.repair(rig.ctx)
+    assert rig.runner.calls() == [
+        ("repair.yml", None),
+        ("drift-check.yml", None),
+        ("sync.yml", None),
+    ]
+    cluster = rig.cluster()
+    assert cluster.master is not None and cluster.master.name == "quiet-fox"
+    assert "priority 150" in rig.deployed("keepalived/quiet-fox.conf")
+
+
+def test_repair_check_only_plans_without_changing_anything(rig: Rig) -> None:
+    before = rig.ctx.store.path.read_bytes()
+    rig.runner.drift["drift-check.yml"] = {"quiet-fox": [DRIFTED]}
+    rig.probe.answers = False
+
+    plan = operate.plan_repair(rig.ctx)
+
+    assert rig.runner.calls() == [("drift-check.yml", None)]
+    assert plan.actions == [
+        f"re-sync quiet-fox: {DRIFTED['path']}",
+        "re-attach the Reserved IP to a healthy MASTER",
+    ]
+    assert rig.ctx.store.path.read_bytes() == before
+
+
+# --- dynia cert rotate -------------------------------------------------------------------------
+
+
+def test_cert_rotate_issues_first_then_rolls_the_new_certificate_out(rig: Rig) -> None:
+    old = rig.cluster().tls_fingerprint
+    shipped = "haproxy/certs/cluster.pem"
+    rig.runner.watch = [shipped]
+
+    fingerprint = operate.rotate_certificate(rig.ctx)
+
+    assert fingerprint != old and rig.cluster().tls_fingerprint == fingerprint
+    assert rig.runner.calls() == [("sync.yml", None)]
+    served = pki.current_certificate(rig.layout, "demo")
+    assert served is not None and rig.runner.seen[shipped] == served.pem_path.read_text()
+
+
+# --- dynia cluster node remove | activate | add ----------------------------------------------
+
+
+def test_removing_a_backup_hands_over_syncs_the_others_then_deletes_it(rig: Rig) -> None:
+    cluster_nodes.remove_node(rig.ctx, "quiet-fox")
+
+    assert rig.journal == [
+        "handover.yml quiet-fox",
+        "sync.yml amber-elk,misty-owl",
+        "deleted c2",
+    ]
+    assert rig.runner.runs[0].extra_vars == {"dynia_handover_ports": [80, 443]}
+    assert set(rig.cluster().nodes) == {"amber-elk", "misty-owl"}
+    assert not (rig.layout.deploy_config_dir("demo") / "keepalived/quiet-fox.conf").exists()
+    assert "172.30.9.11" not in rig.deployed("haproxy/haproxy.cfg")
+
+
+def test_removing_the_master_moves_the_role_before_the_others_forget_it(rig: Rig) -> None:
+    cluster_nodes.remove_node(rig.ctx, "misty-owl")
+
+    assert rig.journal == [
+        "handover.yml misty-owl",
+        "reserved IP checked, MASTER amber-elk",  # the highest-priority backup took over
+        "sync.yml amber-elk,quiet-fox",
+        "deleted c1",
+    ]
+    cluster = rig.cluster()
+    assert cluster.master is not None and cluster.master.name == "amber-elk"
+    assert cluster.reserved_ip is not None and cluster.reserved_ip.attached_to == "amber-elk"
+
+
+def test_removing_starts_from_the_master_keepalived_elected(rig: Rig) -> None:
+    rig.probe.holder = "quiet-fox"  # it came back after a failover and kept the role
+    cluster_nodes.remove_node(rig.ctx, "quiet-fox")
+    assert rig.journal[:2] == ["handover.yml quiet-fox", "reserved IP checked, MASTER misty-owl"]
+    assert "quiet-fox was MASTER: misty-owl took over the role" in rig.progress
+
+
+def test_a_remove_whose_delete_failed_keeps_the_node_and_can_be_run_again(rig: Rig) -> None:
+    rig.provider.fail_delete = True
+    with pytest.raises(ProviderError):
+        cluster_nodes.remove_node(rig.ctx, "quiet-fox")
+    assert "quiet-fox" in rig.cluster().nodes  # state forgets it only after the delete
+
+    rig.provider.fail_delete = False
+    rig.runner.runs.clear()
+    cluster_nodes.remove_node(rig.ctx, "quiet-fox")
+    assert rig.runner.calls() == [
+        ("handover.yml", "quiet-fox"),
+        ("sync.yml", "amber-elk,misty-owl"),
+    ]
+    assert "quiet-fox" not in rig.cluster().nodes
+    assert "c2" not in rig.provider.nodes
+
+
+def test_activating_a_backup_raises_it_hands_over_then_rolls_out_the_priorities(rig: Rig) -> None:
+    def keepalived_moves(run: Run) -> None:
+        rig.probe.holder = "quiet-fox"  # the first backup takes over from the leaving MASTER
+
+    rig.runner.after["handover.yml"] = keepalived_moves
+
+    answer = cluster_nodes.activate_node(rig.ctx, "quiet-fox")
+
+    assert answer == "HTTP 404"
+    assert rig.journal == [
+        "health.yml quiet-fox",
+        "sync.yml quiet-fox",  # only its keepalived file changed: it becomes the first backup
+        "handover.yml misty-owl",
+        "sync.yml all",  # the final priorities
+        "reserved IP checked, MASTER quiet-fox",
+        "reserved IP checked, MASTER quiet-fox",
+    ]
+    priorities = {name: node.priority for name, node in rig.cluster().nodes.items()}
+    assert priorities == {"quiet-fox": 150, "misty-owl": 100, "amber-elk": 99}
+
+
+def test_activating_a_node_that_fails_its_health_check_changes_nothing(rig: Rig) -> None:
+    before = rig.ctx.store.path.read_bytes()
+    rig.runner.failing["health.yml"] = {"quiet-fox"}
+    with pytest.raises(RunnerError):
+        cluster_nodes.activate_node(rig.ctx, "quiet-fox")
+    assert rig.runner.calls() == [("health.yml", "quiet-fox")]
+    assert rig.ctx.store.path.read_bytes() == before
+
+
+def test_adding_a_node_serves_on_it_before_its_peers_route_to_it(rig: Rig) -> None:
+    node = cluster_nodes.add_node(rig.ctx)
+
+    assert rig.provider.created == [node.name]
+    new = node.name
+    assert rig.journal == [
+        f"created {new}",
+        f"bootstrap.yml {new}",
+        f"images of web to {','.join(sorted([new, 'amber-elk', 'misty-owl', 'quiet-fox']))}",
+        f"sync.yml {new}",
+        "sync.yml all",
+    ]
+    held = [run.extra_vars for run in rig.runner.runs[:2]]
+    assert held == [
+        {"dynia_bootstrap_hold_components": ["keepalived"]},
+        {"dynia_sync_hold_components": ["keepalived"]},
+    ]
+    cluster = rig.cluster()
+    assert cluster.nodes[new].status == NODE_READY and cluster.nodes[new].priority == 98
+    assert rig.runner.runs[-1].hosts[-1] == "misty-owl"  # the MASTER learns it last
+
+
+def test_an_interrupted_add_is_finished_by_the_next_one_not_repeated(rig: Rig) -> None:
+    rig.runner.interrupt = "sync.yml"
+    with pytest.raises(KeyboardInterrupt):
+        cluster_nodes.add_node(rig.ctx)
+    joining = [n for n in rig.cluster().nodes.values() if n.status == NODE_JOINING]
+    assert len(joining) == 1
+
+    rig.runner.runs.clear()
+    node = cluster_nodes.add_node(rig.ctx)
+
+    assert node.name == joining[0].name
+    assert rig.provider.created == [node.name]  # created once
+    assert [call[0] for call in rig.runner.calls()] == ["bootstrap.yml", "sync.yml", "sync.yml"]
+    assert len(rig.cluster().nodes) == 4
+    assert rig.cluster().nodes[node.name].status == NODE_READY
+
+
+# --- dynia cluster create --------------------------------------------------------------------
+
+
+def test_an_interrupted_create_resumes_and_reloads_every_component(
+    tmp_path: Path, no_validators: None
+) -> None:
+    home = tmp_path / "home"
+    rig = make_rig(home)
+    request = CreateRequest("edge", 2, "local", "small", "local", "local")
+    rig.runner.interrupt = "sync.yml"
+    with pytest.raises(KeyboardInterrupt):
+        create_cluster(rig.ctx, request)
+    assert rig.runner.calls() == [("bootstrap.yml", None), ("sync.yml", None)]
+
+    create_cluster(rig.ctx, request)
+
+    assert len(rig.provider.created) == 2  # no node made twice
+    runs = rig.runner.runs[2:]
+    assert [run.playbook for run in runs] == ["bootstrap.yml", "sync.yml"]
+    assert runs[1].extra_vars == {"dynia_sync_force": True}  # a resumed roll reloads all
+    cluster = rig.cluster("edge")
+    assert cluster.status == STATUS_INFRA_READY
+    assert rig.ctx.store.load().current_cluster == "edge"
+    assert cluster.master is not None
+    assert rig.journal[-1] == f"reserved IP checked, MASTER {cluster.master.name}"
+    assert rig.layout.ssh_private_key("edge").is_file()
+
+
+# --- dynia cluster delete --------------------------------------------------------------------
+
+
+def test_delete_stops_services_deletes_every_node_then_forgets_the_cluster(rig: Rig) -> None:
+    with rig.ctx.store.transaction("test: no routes, so no DNS provider") as txn:
+        txn.state.clusters["demo"].routes = {}
+    rig.runner.failing["teardown.yml"] = {"quiet-fox"}  # a dead node is deleted all the same
+
+    delete_cluster(rig.ctx, "demo", purge_volumes=True)
+
+    assert rig.journal == [
+        "teardown.yml all",
+        "deleted c3",
+        "deleted c1",
+        "deleted c2",
+        "network deleted",
+    ]
+    assert rig.runner.runs[0].extra_vars == {"dynia_teardown_purge_volumes": True}
+    assert "  could not stop services on quiet-fox; deleting it anyway" in rig.progress
+    state = rig.ctx.store.load()
+    assert state.clusters == {} and state.current_cluster is None
+    assert not rig.layout.deploy_config_dir("demo").exists()
+    assert rig.provider.nodes == {}
