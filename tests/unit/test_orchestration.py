@@ -10,6 +10,7 @@ answer), the image transfer and the node provider. Nothing here needs Docker or 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -17,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from sample_state import WEB_COMPOSE, sample_cluster, save_sample
 
 from dynia import pki
+from dynia.cli.context_obj import AppContext
 from dynia.errors import DriftError, ProviderError, RunnerError, UsageError, VerifyError
 from dynia.operations import certificates, cluster_nodes, operate
 from dynia.operations.cluster_create import CreateRequest, create_cluster
@@ -31,7 +34,7 @@ from dynia.operations.deploy_config import render_cluster
 from dynia.operations.run_context import RunContext
 from dynia.paths import INVENTORY_FILE, HomeLayout
 from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
-from dynia.runner import PlaybookResult, ProgressEvent
+from dynia.runner import PlaybookResult, ProgressEvent, run_playbook
 from dynia.runner.events import DRIFT_KEY, EventCollector
 from dynia.state import StateStore
 from dynia.state.models import (
@@ -743,3 +746,36 @@ def test_delete_stops_services_deletes_every_node_then_forgets_the_cluster(rig: 
     assert state.clusters == {} and state.current_cluster is None
     assert not rig.layout.deploy_config_dir("demo").exists()
     assert rig.provider.nodes == {}
+
+
+# --- the boundary itself ---------------------------------------------------------------------
+
+
+def test_only_the_context_runs_playbooks_in_the_operations_layer() -> None:
+    """rollout.run calls the context's runner; no operation reaches for the real one."""
+    operations = Path(operate.__file__).parent
+    for module in sorted(operations.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        modules = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert "run_playbook" not in imported, module.name
+        assert "dynia.runner.run" not in modules, module.name
+
+
+def test_the_cli_builds_one_context_per_command_with_the_real_runner(tmp_path: Path) -> None:
+    app = AppContext.from_options(home=str(tmp_path), cluster_name="prod")
+    with click.Context(click.Command("sync")):
+        ctx = app.run_context
+        assert app.run_context is ctx  # built once, shared by the command's operations
+        assert ctx.runner is run_playbook and ctx.cluster_option == "prod"
+        assert ctx.layout.root == tmp_path and ctx.on_event is not None
+        assert ctx.without_live_progress().on_event is None
