@@ -3,7 +3,9 @@
 Order matters for safety: everything that can be checked without touching nodes (compose, images,
 names, the DNS zone) is checked first, so bad input changes nothing. A rollout that fails its
 health gate puts the previous service definition back in state and deploy-config, so the nodes,
-the artifact and state agree on the version that is still serving.
+the artifact and state agree on the version that is still serving. A rollout that passes its
+health gates but leaves nodes differing from deploy-config keeps the new definition: the nodes
+run it, and the ones that differ are marked out-of-sync for `dynia repair --force`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynia.errors import NotFoundError, RunnerError, UsageError, VerifyError
+from dynia.errors import DriftError, NotFoundError, RunnerError, UsageError, VerifyError
 from dynia.operations import certificates, infra, rollout
 from dynia.operations.clusters import get_cluster, require_provisioned, resolve_cluster_name
 from dynia.operations.deploy_config import render_cluster
@@ -25,6 +27,7 @@ from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
 from dynia.state import Transaction
 from dynia.state.models import (
+    NODE_OUT_OF_SYNC,
     STATUS_SERVING,
     Cluster,
     Route,
@@ -162,14 +165,44 @@ def _restore_previous(
 
 
 def _apply_or_restore(
-    ctx: RunContext, txn: Transaction, previous: Cluster, change: Callable[[], None]
+    ctx: RunContext,
+    txn: Transaction,
+    cluster: Cluster,
+    previous: Cluster,
+    change: Callable[[], None],
+    *,
+    what: str,
+    then: str = "",
 ) -> None:
-    """Run ``change`` (ship images, roll out); any failure restores ``previous`` everywhere."""
+    """Run ``change`` (ship images, roll out); a failure restores ``previous`` everywhere.
+
+    Drift after a sync that passed every health gate is not such a failure: the nodes run the
+    new definition, so state and deploy-config keep it, with the drifted nodes marked
+    out-of-sync (the sync saved the marks). Rolling a healthy version back would be a second
+    roll on a cluster already known to be off, and would leave the same drift behind.
+    ``what`` names the change and ``then`` the step the operator still has to run, for the
+    error that says so.
+    """
     try:
         change()
+    except DriftError as drift:
+        raise _kept_despite_drift(ctx, cluster, what, then) from drift
     except Exception as failure:
         _restore_previous(ctx, txn, previous, failure)
         raise
+
+
+def _kept_despite_drift(ctx: RunContext, cluster: Cluster, what: str, then: str) -> DriftError:
+    # The sync saved the new definition with the marks; nothing here changes state.
+    behind = sorted(n.name for n in cluster.nodes.values() if n.status == NODE_OUT_OF_SYNC)
+    _revoke_replaced_certificates(ctx, cluster)  # revokes none while a node is behind; says so
+    hint = "run `dynia repair --force` to re-render and resync them"
+    return DriftError(
+        f"rolled out {what} and every node passed its health checks, but nodes still differ "
+        f"from deploy-config: {', '.join(behind)} (marked out-of-sync); state and deploy-config "
+        "keep the new definition",
+        hint=f"{hint}, then {then}" if then else hint,
+    )
 
 
 def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
@@ -185,6 +218,7 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
         service = _build_service(cluster, request, ctx.images)
         previous = copy.deepcopy(cluster)
         cluster.services[service.name] = service
+        cluster.status = STATUS_SERVING  # `previous` comes back if the rollout fails
         if domain:
             cluster.routes.setdefault(domain, Route(domain=domain, service=service.name))
 
@@ -196,9 +230,14 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
             progress(f"Rolling out {service.name}, one node at a time")
             rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(ctx, txn, previous, change)
+        publish = (
+            f"`dynia route bind --domain {domain} --service {service.name}` to create its "
+            "DNS record"
+            if domain
+            else ""
+        )
+        _apply_or_restore(ctx, txn, cluster, previous, change, what=service.name, then=publish)
         _revoke_replaced_certificates(ctx, cluster)
-        cluster.status = STATUS_SERVING
         txn.save()
         outcome = DeployOutcome(service=service.name, changed=True)
         if domain and dns:
@@ -262,7 +301,8 @@ def bind_route(
             infra.ensure_certificate(ctx.layout, txn, cluster)
             rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(ctx, txn, previous, change)
+        again = f"`dynia route bind --domain {domain} --service {service_name}` again"
+        _apply_or_restore(ctx, txn, cluster, previous, change, what=f"route {domain}", then=again)
         _revoke_replaced_certificates(ctx, cluster)
         return _bind_dns(ctx, txn, cluster, domain, dns)
 
@@ -287,4 +327,6 @@ def unbind_route(ctx: RunContext, domain_value: str) -> None:
         def change() -> None:
             rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(ctx, txn, previous, change)
+        _apply_or_restore(
+            ctx, txn, cluster, previous, change, what=f"the removal of route {domain}"
+        )

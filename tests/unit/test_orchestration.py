@@ -504,6 +504,48 @@ def test_a_new_service_whose_rollout_fails_is_forgotten_again(rig: Rig, tmp_path
     assert not (rig.layout.deploy_config_dir("demo") / "services" / "api").exists()
 
 
+def test_deploy_that_leaves_drift_keeps_the_new_version_and_marks_the_drifted_node(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # Every node passes its health gate and runs web:2; quiet-fox still differs afterwards.
+    rig.runner.drift["sync.yml"] = {"quiet-fox": [DRIFTED]}
+
+    with pytest.raises(DriftError, match="quiet-fox") as raised:
+        deploy_service(rig.ctx, DeployRequest("web", write_compose(tmp_path, "web:2")))
+
+    assert rig.runner.calls() == [("sync.yml", None)]  # no roll back over healthy nodes
+    assert "state and deploy-config keep the new definition" in raised.value.message
+    assert raised.value.hint is not None and "dynia repair --force" in raised.value.hint
+    cluster = rig.cluster()  # state says what the nodes run
+    assert "web:2" in cluster.services["web"].compose
+    assert "web:2" in rig.deployed(COMPOSE_FILE)
+    statuses = {name: node.status for name, node in cluster.nodes.items()}
+    assert statuses == {
+        "amber-elk": NODE_READY,
+        "misty-owl": NODE_READY,
+        "quiet-fox": NODE_OUT_OF_SYNC,
+    }
+
+
+def test_a_new_service_that_leaves_drift_stays_in_state_with_its_port(
+    rig: Rig, tmp_path: Path
+) -> None:
+    compose = tmp_path / "api.yml"
+    compose.write_text(WEB_COMPOSE.replace("web:", "api:", 1))
+    rig.runner.uncompared = {"amber-elk"}  # the drift-check after the sync finds it
+    rig.runner.drift["drift-check.yml"] = {"amber-elk": [DRIFTED]}
+
+    with pytest.raises(DriftError, match="amber-elk"):
+        deploy_service(rig.ctx, DeployRequest("api", compose))
+
+    assert rig.runner.calls() == [("sync.yml", None), ("drift-check.yml", None)]
+    cluster = rig.cluster()
+    assert set(cluster.services) == {"api", "web"}
+    assert cluster.services["api"].internal_port != cluster.services["web"].internal_port
+    assert (rig.layout.deploy_config_dir("demo") / "services/api/docker-compose.yml").is_file()
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
 # --- dynia repair ----------------------------------------------------------------------------
 
 
