@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.operations import infra, rollout
 from dynia.operations.clusters import cluster_transaction, require_provisioned
@@ -17,6 +15,7 @@ from dynia.state.models import (
     Cluster,
     Node,
 )
+from dynia.waiting import WaitTimeout, wait_until
 
 
 def _node(cluster: Cluster, name: str) -> Node:
@@ -182,14 +181,17 @@ def _wait_until_holder(
 ) -> None:
     """Check on the node itself that keepalived gave it the Reserved IP."""
     assert cluster.reserved_ip is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ctx.probe.holds_master_address(ctx.layout, cluster, node):
-            return
-        time.sleep(0.5)
-    raise VerifyError(
-        f"{node.name} has the highest priority but keepalived did not give it the Reserved IP "
-        f"{cluster.reserved_ip.address} within {timeout:.0f}s",
-        hint="check keepalived on the nodes (`journalctl -u keepalived`), then "
-        "`dynia repair --force`",
-    )
+    try:
+        wait_until(
+            lambda: ctx.probe.holds_master_address(ctx.layout, cluster, node),
+            timeout=timeout,
+            interval=0.5,
+            what=f"{node.name} to hold the Reserved IP",
+        )
+    except WaitTimeout:
+        raise VerifyError(
+            f"{node.name} has the highest priority but keepalived did not give it the Reserved "
+            f"IP {cluster.reserved_ip.address} within {timeout:.0f}s",
+            hint="check keepalived on the nodes (`journalctl -u keepalived`), then "
+            "`dynia repair --force`",
+        ) from None

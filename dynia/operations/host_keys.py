@@ -15,7 +15,6 @@ anywhere can reconnect to the node whichever key it presents, and finishes the r
 from __future__ import annotations
 
 import subprocess
-import time
 
 from dynia import ssh
 from dynia.errors import ProviderError
@@ -24,6 +23,7 @@ from dynia.paths import HomeLayout
 from dynia.ssh import SshError
 from dynia.state import Transaction
 from dynia.state.models import Cluster, Node
+from dynia.waiting import wait_until
 
 FRESH_DIR = "/etc/ssh/dynia-fresh-host-key"
 # Generates the fresh pair once (a repeat prints the same key) and prints its public half.
@@ -95,22 +95,16 @@ def _run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``script`` on the node; the connection is retried while sshd starts or reloads (it
     may still present the key it is dropping for a moment), a failing script is not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            done = ssh.run_ssh(
-                node.public_ip,
-                layout.ssh_private_key(cluster.name),
-                layout.known_hosts(cluster.name),
-                ["sh", "-c", script],
-                timeout=30,
-                check=False,
-            )
-        except SshError:  # HostKeyMismatchError included
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(1.0)
-            continue
+
+    def ran() -> subprocess.CompletedProcess[bytes]:
+        done = ssh.run_ssh(
+            node.public_ip,
+            layout.ssh_private_key(cluster.name),
+            layout.known_hosts(cluster.name),
+            ["sh", "-c", script],
+            timeout=30,
+            check=False,
+        )
         if done.returncode != 0:
             raise ProviderError(
                 f"replacing the bootstrap SSH host key of node {node.name} failed "
@@ -118,3 +112,8 @@ def _run(
                 hint="re-run the same command; it resumes the rotation where it stopped",
             )
         return done
+
+    # An SshError (HostKeyMismatchError included) is "not yet"; the last one ends the wait.
+    return wait_until(
+        ran, timeout=timeout, interval=1.0, what=f"ssh to {node.name}", retry_on=(SshError,)
+    )

@@ -25,6 +25,7 @@ from dynia.state.models import (
     Node,
     ReservedIp,
 )
+from dynia.waiting import WaitTimeout, wait_until
 
 STEP_KEYS = "ssh-keys"
 STEP_NETWORK = "network"
@@ -218,12 +219,16 @@ def adopt_live_master(ctx: RunContext, cluster: Cluster, wait: float = 0.0) -> b
     priorities changed (their keepalived files then need a sync). ``wait``: seconds to give
     keepalived to elect a MASTER when no node holds the address yet (keepalived just started).
     """
-    deadline = time.monotonic() + wait
-    holder = live_master(ctx, cluster)
-    while holder is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        holder = live_master(ctx, cluster)
-    if holder is None or holder is cluster.master:
+    try:
+        holder = wait_until(
+            lambda: live_master(ctx, cluster),
+            timeout=wait,
+            interval=0.5,
+            what="keepalived to elect a MASTER",
+        )
+    except WaitTimeout:
+        return False  # no node holds the address: nothing to record
+    if holder is cluster.master:
         return False
     ctx.progress(f"{holder.name} holds the MASTER role (keepalived elected it); recording it")
     set_priorities(cluster, holder.name)

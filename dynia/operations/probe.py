@@ -6,7 +6,6 @@ answer (who holds the Reserved IP, does it answer) can be driven by a double in 
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 from dynia import ssh
@@ -16,6 +15,7 @@ from dynia.providers import get_node_provider
 from dynia.render.variables import master_marker
 from dynia.ssh import SshError
 from dynia.state.models import Cluster, Node
+from dynia.waiting import WaitTimeout, wait_until
 
 
 class NodeProbe(Protocol):
@@ -62,9 +62,10 @@ class LiveProbe:
 
         assert cluster.reserved_ip is not None
         url = f"http://{cluster.reserved_ip.address}:{cluster.settings.http_port}/"
-        deadline = time.monotonic() + timeout
         last_error = ""
-        while time.monotonic() < deadline:
+
+        def answer() -> str | None:
+            nonlocal last_error
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     return f"HTTP {response.status}"
@@ -74,9 +75,14 @@ class LiveProbe:
                 last_error = f"HTTP {exc.code}"
             except OSError as exc:
                 last_error = str(exc)
-            time.sleep(0.5)
-        raise VerifyError(
-            f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
-            f"{timeout:.0f}s ({last_error})",
-            hint="check keepalived on the nodes (`dynia drift-check`), then `dynia repair --force`",
-        )
+            return None
+
+        try:
+            return wait_until(answer, timeout=timeout, interval=0.5, what=url)
+        except WaitTimeout:
+            raise VerifyError(
+                f"the Reserved IP {cluster.reserved_ip.address} did not answer {url} within "
+                f"{timeout:.0f}s ({last_error})",
+                hint="check keepalived on the nodes (`dynia drift-check`), then "
+                "`dynia repair --force`",
+            ) from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -28,6 +27,7 @@ from dynia.errors import ProviderError, VerifyError
 from dynia.paths import HomeLayout
 from dynia.providers.base import DnsProvider
 from dynia.state.models import Cluster
+from dynia.waiting import wait_until
 
 
 def resolve(provider: DnsProvider, domain: str) -> list[str]:
@@ -145,29 +145,27 @@ def verify_route(
     route = cluster.routes[domain]
     service = cluster.services[route.service]
     pinned = _pinned_fingerprint(layout, cluster)
-    deadline = time.monotonic() + timeout
-    last: VerifyError | None = None
-    while time.monotonic() < deadline:
+    address, url = cluster.reserved_ip.address, f"https://{domain}{service.health_path}"
+
+    def answered() -> str:
         try:
             _check_record(cluster, domain, dns)
             status, body = https_get(
                 layout,
-                cluster.reserved_ip.address,
+                address,
                 cluster.settings.https_port,
                 domain,
                 service.health_path,
                 pinned,
             )
-            if 200 <= status < 300:
-                return f"https://{domain}{service.health_path} -> {status}"
-            raise VerifyError(f"https://{domain}{service.health_path} answered {status}: {body}")
         except (OSError, ssl.SSLError) as exc:
-            last = VerifyError(f"https://{domain}{service.health_path} failed: {exc}")
-        except VerifyError as exc:
-            last = exc
-        time.sleep(1)
-    assert last is not None
-    raise last
+            raise VerifyError(f"{url} failed: {exc}") from exc
+        if 200 <= status < 300:
+            return f"{url} -> {status}"
+        raise VerifyError(f"{url} answered {status}: {body}")
+
+    # On timeout the last VerifyError is raised: it says what was still wrong.
+    return wait_until(answered, timeout=timeout, interval=1, what=url, retry_on=(VerifyError,))
 
 
 def _pinned_fingerprint(layout: HomeLayout, cluster: Cluster) -> str | None:
