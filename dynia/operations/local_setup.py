@@ -7,7 +7,6 @@ cannot fix something it raises an error that says exactly what to do.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from dynia.providers.local.engine import (
 )
 from dynia.providers.local.image import BASE_IMAGE, ensure_node_image, node_image_tag
 from dynia.providers.local.nodes import COMMON_RUN_FLAGS, UNPRIVILEGED_FLAGS
+from dynia.providers.local.nsd import DNS_SERVER_APT_PACKAGE, DNS_SERVER_BINARY
 
 BASE_PACKAGES = ("docker.io", "debootstrap", "busybox-static")
 DOCKERD_LOG = Path("/var/log/dynia-dockerd.log")
@@ -69,19 +69,9 @@ class Check:
     fix: str | None = None
 
 
-def _dns_module_constant(name: str) -> str | None:
-    """A constant of the local DNS provider, if that module defines it."""
-    try:
-        module = importlib.import_module("dynia.providers.local.dns")
-    except ImportError:
-        return None
-    value = getattr(module, name, None)
-    return value if isinstance(value, str) else None
-
-
 def wanted_packages() -> list[str]:
-    dns_package = _dns_module_constant("DNS_SERVER_APT_PACKAGE")
-    return [*BASE_PACKAGES, *([dns_package] if dns_package else [])]
+    """The Debian packages the local provider needs: Docker, the image tools, the DNS server."""
+    return [*BASE_PACKAGES, DNS_SERVER_APT_PACKAGE]
 
 
 def doctor(docker: Docker | None = None) -> list[Check]:
@@ -93,9 +83,7 @@ def doctor(docker: Docker | None = None) -> list[Check]:
     image_ok = engine_ok and checks[-1].ok
     checks.append(_check_node_container(docker) if image_ok else _skipped("node container"))
     checks.append(_check_debootstrap())
-    dns = _check_dns_server()
-    if dns is not None:
-        checks.append(dns)
+    checks.append(_check_dns_server())
     return checks
 
 
@@ -155,15 +143,11 @@ def _check_debootstrap() -> Check:
     )
 
 
-def _check_dns_server() -> Check | None:
-    binary = _dns_module_constant("DNS_SERVER_BINARY")
-    if binary is None:
-        return None
-    package = _dns_module_constant("DNS_SERVER_APT_PACKAGE") or Path(binary).name
-    if Path(binary).exists() or shutil.which(binary):
-        return Check("dns server", True, f"{binary} is installed")
-    fix = f"sudo apt-get install {package}"
-    return Check("dns server", False, f"{binary} is not installed", fix)
+def _check_dns_server() -> Check:
+    if Path(DNS_SERVER_BINARY).exists():
+        return Check("dns server", True, f"{DNS_SERVER_BINARY} is installed")
+    fix = f"sudo apt-get install {DNS_SERVER_APT_PACKAGE}"
+    return Check("dns server", False, f"{DNS_SERVER_BINARY} is not installed", fix)
 
 
 def setup(

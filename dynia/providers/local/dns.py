@@ -31,8 +31,6 @@ from dynia.errors import ProviderError
 from dynia.paths import HomeLayout
 from dynia.providers.base import DnsRecord, Zone
 from dynia.providers.local.nsd import (
-    DNS_SERVER_APT_PACKAGE,
-    DNS_SERVER_BINARY,
     LOOPBACK,
     NsdServer,
     ServerStatus,
@@ -46,12 +44,8 @@ _SOA_TIMERS = "3600 600 86400 60"  # refresh retry expire negative-ttl
 _MAX_TTL = 2**31 - 1
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
-# `dynia local setup` (operations/local_setup.py) looks the server's binary and package up in
-# this module, so they stay importable from here.
 __all__ = [
     "CONFIG_ZONES_KEY",
-    "DNS_SERVER_APT_PACKAGE",
-    "DNS_SERVER_BINARY",
     "LocalDnsProvider",
     "normalize_domain",
 ]
