@@ -22,7 +22,6 @@ from dynia.operations.clusters import get_cluster, require_provisioned, resolve_
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.images import ImageTransfer
 from dynia.operations.run_context import RunContext
-from dynia.operations.verify import verify_route
 from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
 from dynia.state import Transaction
@@ -270,7 +269,7 @@ def _bind_dns(
     cluster.routes[domain].dns_record_id = record.id
     txn.save()
     try:
-        answer = verify_route(ctx.layout, cluster, domain, dns)  # type: ignore[arg-type]
+        answer = ctx.probe.verify_route(ctx.layout, cluster, domain, dns)  # type: ignore[arg-type]
         ctx.progress(f"Verified: {answer}")
         return []
     except VerifyError as exc:

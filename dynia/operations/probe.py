@@ -1,7 +1,8 @@
-"""What operations ask the nodes directly, outside a playbook run: over SSH and HTTP.
+"""What operations ask the nodes directly, outside a playbook run: over SSH and HTTP(S).
 
 ``LiveProbe`` is the real one; ``RunContext.probe`` carries it, so the steps that depend on an
-answer (who holds the Reserved IP, does it answer) can be driven by a double in tests.
+answer (who holds the Reserved IP, does it answer, does a route answer through it) can be driven
+by a double in tests.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from typing import Protocol
 
 from dynia import ssh
 from dynia.errors import VerifyError
+from dynia.operations.verify import verify_route
 from dynia.paths import HomeLayout
 from dynia.providers import get_node_provider
+from dynia.providers.base import DnsProvider
 from dynia.render.variables import master_marker
 from dynia.ssh import SshError
 from dynia.state.models import Cluster, Node
@@ -25,6 +28,12 @@ class NodeProbe(Protocol):
 
     def wait_for_reserved_ip(self, cluster: Cluster, timeout: float = 30.0) -> str:
         """The answer through the Reserved IP once a node gives one; VerifyError on timeout."""
+        ...
+
+    def verify_route(
+        self, layout: HomeLayout, cluster: Cluster, domain: str, dns: DnsProvider
+    ) -> str:
+        """The domain resolves to the Reserved IP and its health path answers over HTTPS."""
         ...
 
 
@@ -86,3 +95,9 @@ class LiveProbe:
                 hint="check keepalived on the nodes (`dynia drift-check`), then "
                 "`dynia repair --force`",
             ) from None
+
+    def verify_route(
+        self, layout: HomeLayout, cluster: Cluster, domain: str, dns: DnsProvider
+    ) -> str:
+        """DNS, then TLS and the health path through the Reserved IP (operations/verify.py)."""
+        return verify_route(layout, cluster, domain, dns)

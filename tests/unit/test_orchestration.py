@@ -5,7 +5,8 @@ The operations, the state store and the renderer are the real ones. What leaves 
 replaced by doubles of Dynia's own boundaries, the ones a RunContext carries: the playbook runner
 (it records each run and answers with a PlaybookResult built by the real EventCollector from
 scripted events, ok or failed per node), the node probe (who holds the Reserved IP, does it
-answer), the image transfer and the node provider. Nothing here needs Docker or a node.
+answer, does a route answer through it), the image transfer and the node provider. Nothing here
+needs Docker or a node. The route tests use the real local DNS provider (an NSD process).
 """
 
 from __future__ import annotations
@@ -29,11 +30,20 @@ from dynia.errors import DriftError, ProviderError, RunnerError, UsageError, Ver
 from dynia.operations import certificates, cluster_nodes, operate
 from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.cluster_delete import delete_cluster
-from dynia.operations.deploy import DeployRequest, deploy_service
+from dynia.operations.deploy import DeployRequest, bind_route, deploy_service, unbind_route
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.run_context import RunContext
+from dynia.operations.verify import resolve
 from dynia.paths import INVENTORY_FILE, HomeLayout
-from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
+from dynia.providers import dns_provider_for
+from dynia.providers.base import (
+    DnsProvider,
+    NetworkInfo,
+    NodeSpec,
+    ProvisionedNode,
+    ReservedIpInfo,
+)
+from dynia.providers.local.dns import LocalDnsProvider
 from dynia.runner import PlaybookResult, ProgressEvent, run_playbook
 from dynia.runner.events import DRIFT_KEY, EventCollector
 from dynia.state import StateStore
@@ -185,6 +195,7 @@ class KeepalivedProbe:
         self.journal = journal
         self.holder: str | None = None
         self.answers = True
+        self.route_answers = True
 
     def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
         master = cluster.master
@@ -196,6 +207,17 @@ class KeepalivedProbe:
         if not self.answers:
             raise VerifyError("the Reserved IP did not answer")
         return "HTTP 404"
+
+    def verify_route(
+        self, layout: HomeLayout, cluster: Cluster, domain: str, dns: DnsProvider
+    ) -> str:
+        """Asks the DNS provider's server for real; the HTTPS request through the IP is left out."""
+        addresses = resolve(dns, domain)
+        self.journal.append(f"route {domain} checked: it resolves to {', '.join(addresses)}")
+        path = cluster.services[cluster.routes[domain].service].health_path
+        if not self.route_answers:
+            raise VerifyError(f"https://{domain}{path} failed: refused", hint="check the route")
+        return f"https://{domain}{path} -> 200"
 
 
 class RecordingImages:
@@ -544,6 +566,129 @@ def test_a_new_service_that_leaves_drift_stays_in_state_with_its_port(
     assert cluster.services["api"].internal_port != cluster.services["web"].internal_port
     assert (rig.layout.deploy_config_dir("demo") / "services/api/docker-compose.yml").is_file()
     assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
+# --- dynia route bind | unbind, dynia deploy --domain -----------------------------------------
+# The cluster's DNS provider is the real local one: zone files served by an NSD process on a
+# loopback port of the test's home (the "test" zone holds demo.test names).
+
+RESERVED_IP = "172.30.9.250"
+
+
+@pytest.fixture
+def dns(rig: Rig) -> Iterator[LocalDnsProvider]:
+    """The cluster's DNS provider as the operations build it; its server stops afterwards."""
+    provider = dns_provider_for(rig.cluster(), rig.layout)
+    assert isinstance(provider, LocalDnsProvider)
+    yield provider
+    provider.stop()
+
+
+def served(dns: LocalDnsProvider, domain: str) -> list[str]:
+    try:
+        return resolve(dns, domain)
+    except VerifyError:  # NXDOMAIN: no record
+        return []
+
+
+def test_route_bind_rolls_the_route_out_then_publishes_and_checks_it(
+    rig: Rig, dns: LocalDnsProvider
+) -> None:
+    rig.runner.watch = ["caddy/misty-owl.Caddyfile"]
+
+    warnings = bind_route(rig.ctx, "api.demo.test", "web")
+
+    assert warnings == []
+    assert rig.journal == [
+        "sync.yml all",  # the nodes serve the name before DNS sends anyone to it
+        f"route api.demo.test checked: it resolves to {RESERVED_IP}",
+    ]
+    assert "api.demo.test" in rig.runner.seen["caddy/misty-owl.Caddyfile"]
+    route = rig.cluster().routes["api.demo.test"]
+    assert route.service == "web" and route.dns_record_id == "api.demo.test/A"
+    assert "Verified: https://api.demo.test/healthz -> 200" in rig.progress
+
+
+def test_route_bind_whose_sync_fails_forgets_the_route_and_publishes_nothing(
+    rig: Rig, dns: LocalDnsProvider
+) -> None:
+    rig.runner.failing["sync.yml"] = {"misty-owl"}  # the MASTER, last
+
+    with pytest.raises(RunnerError):
+        bind_route(rig.ctx, "api.demo.test", "web")
+
+    assert rig.runner.calls() == [("sync.yml", None), ("sync.yml", "amber-elk,quiet-fox")]
+    assert "api.demo.test" not in rig.cluster().routes
+    assert "api.demo.test" not in rig.deployed("caddy/misty-owl.Caddyfile")
+    assert served(dns, "api.demo.test") == []
+
+
+def test_route_bind_that_leaves_drift_keeps_the_route_and_says_to_bind_again(
+    rig: Rig, dns: LocalDnsProvider
+) -> None:
+    rig.runner.drift["sync.yml"] = {"amber-elk": [DRIFTED]}
+
+    with pytest.raises(DriftError) as raised:
+        bind_route(rig.ctx, "api.demo.test", "web")
+
+    assert rig.runner.calls() == [("sync.yml", None)]
+    route = rig.cluster().routes["api.demo.test"]  # the nodes that synced route it
+    assert route.dns_record_id is None and served(dns, "api.demo.test") == []
+    assert "dynia route bind --domain api.demo.test --service web` again" in (
+        raised.value.hint or ""
+    )
+    assert rig.cluster().nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
+def test_route_unbind_deletes_the_record_first_then_removes_the_route(
+    rig: Rig, dns: LocalDnsProvider
+) -> None:
+    dns.upsert_a_record("web.demo.test", RESERVED_IP)
+    assert served(dns, "web.demo.test") == [RESERVED_IP]
+    rig.runner.after["sync.yml"] = lambda run: rig.journal.append(
+        f"during the sync the name resolves to {served(dns, 'web.demo.test') or 'nothing'}"
+    )
+
+    unbind_route(rig.ctx, "web.demo.test")
+
+    assert rig.journal == ["sync.yml all", "during the sync the name resolves to nothing"]
+    assert rig.cluster().routes == {}
+    assert "web.demo.test" not in rig.deployed("caddy/misty-owl.Caddyfile")
+
+
+def test_deploy_with_a_domain_serves_first_then_publishes_and_checks(
+    rig: Rig, dns: LocalDnsProvider, tmp_path: Path
+) -> None:
+    compose = tmp_path / "api.yml"
+    compose.write_text(WEB_COMPOSE.replace("web:", "api:", 1))
+
+    outcome = deploy_service(rig.ctx, DeployRequest("api", compose, "api.demo.test", "/up"))
+
+    assert outcome.warnings == []
+    assert rig.journal == [
+        "images of api to amber-elk,misty-owl,quiet-fox",
+        "sync.yml all",
+        f"route api.demo.test checked: it resolves to {RESERVED_IP}",
+    ]
+    cluster = rig.cluster()
+    assert cluster.routes["api.demo.test"].dns_record_id == "api.demo.test/A"
+    bundle = pki.current_certificate(rig.layout, "demo")  # reissued for the new name
+    assert bundle is not None and "api.demo.test" in bundle.domains
+
+
+def test_deploy_whose_route_does_not_answer_yet_warns_and_keeps_serving(
+    rig: Rig, dns: LocalDnsProvider, tmp_path: Path
+) -> None:
+    rig.probe.route_answers = False
+    request = DeployRequest("web", write_compose(tmp_path, "web:2"), "web.demo.test", "/healthz")
+
+    outcome = deploy_service(rig.ctx, request)
+
+    assert outcome.warnings == [
+        "https://web.demo.test/healthz failed: refused (the service keeps running; check the route)"
+    ]
+    assert "web:2" in rig.cluster().services["web"].compose
+    assert served(dns, "web.demo.test") == [RESERVED_IP]
 
 
 # --- dynia repair ----------------------------------------------------------------------------
