@@ -3,6 +3,11 @@
 The folder is built in a temporary sibling and swapped in, so a failed render leaves the previous
 artifact untouched. Nothing in a hashed file depends on time or on dict order: the same state gives
 a byte-identical folder.
+
+Rendering is pure: state plus ``RenderInputs`` in, files out. What depends on the provider or on
+the environment (the Reserved IP mode, the nodes' failover token, a test API's address, the
+cluster's certificate) is decided by the render operation (``dynia/operations/deploy_config.py``)
+and handed in as plain values.
 """
 
 from __future__ import annotations
@@ -15,15 +20,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 
-from dynia.errors import ProviderError, RenderError
+from dynia.errors import RenderError
 from dynia.files import write_new_file
 from dynia.paths import HomeLayout, shipped_dir
-from dynia.providers import node_provider_traits
-from dynia.providers.credentials import Secret, lookup_token
 from dynia.render import variables
 from dynia.render.compose import node_compose, parse_compose
 from dynia.state.models import Cluster
@@ -39,15 +42,22 @@ SERVICES_ROOT = "/opt/dynia/services"
 # script afresh on each transition, so a change needs no reload, and the config validator (which
 # checks every "keepalived" file with `keepalived -t`) must never read, or echo, the token.
 NOTIFY_COMPONENT = "keepalived-notify"
-FAILOVER_TOKEN_ENV = "DIGITALOCEAN_FAILOVER_TOKEN"
-TOKEN_ENV = "DIGITALOCEAN_TOKEN"
-ALLOW_MAIN_TOKEN_FLAG = "--allow-main-token-on-nodes"
-FAILOVER_TOKEN_HOW = (
-    "create a DigitalOcean token with custom scopes reserved_ip:read, reserved_ip:update, "
-    "droplet:read and actions:read only (https://cloud.digitalocean.com/account/api/tokens) "
-    f"and set {FAILOVER_TOKEN_ENV} to it (environment or credentials file)"
-)
-FAILOVER_TOKEN_SCOPES = f"the nodes' failover token: {FAILOVER_TOKEN_HOW}"
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """What a render needs besides state, as plain values the render operation decided."""
+
+    # "vrrp": the Reserved IP is a keepalived address; "api": notify-master moves it by API.
+    reserved_ip_mode: Literal["vrrp", "api"] = "vrrp"
+    # Content of the nodes' failover token file (API mode); None leaves the file out of the
+    # manifest, and the nodes keep the token they hold. Never shown in a repr.
+    failover_token_file: bytes | None = field(default=None, repr=False)
+    # The cluster's certificate bundle (certificate chain + key) for HAProxy; None: no TLS.
+    tls_certificate: bytes | None = field(default=None, repr=False)
+    # Where notify-master talks to DigitalOcean; checked by whoever chose them.
+    digitalocean_api_url: str = variables.DEFAULT_DIGITALOCEAN_API_URL
+    digitalocean_metadata_url: str = variables.DEFAULT_DIGITALOCEAN_METADATA_URL
 
 
 @dataclass(frozen=True)
@@ -153,12 +163,11 @@ class Renderer:
         self.templates_dir = shipped_dir("templates")
         self.env = template_environment([self.roles_dir, self.templates_dir])
 
-    def node_files(self, cluster: Cluster) -> list[RenderedFile]:
+    def node_files(self, cluster: Cluster, inputs: RenderInputs) -> list[RenderedFile]:
         """Every file that goes to nodes, sorted by (target, source)."""
         check_render_inputs(cluster, self.layout)
         nodes = tuple(sorted(cluster.nodes))
-        cert = self.layout.tls_dir(cluster.name) / "cluster.pem"
-        with_tls = cert.is_file()
+        with_tls = inputs.tls_certificate is not None
         files = [
             RenderedFile(
                 "haproxy/haproxy.cfg",
@@ -183,20 +192,20 @@ class Renderer:
                 nodes,
             ),
         ]
-        if with_tls:
+        if inputs.tls_certificate is not None:
             files.append(
                 RenderedFile(
                     "haproxy/certs/cluster.pem",
                     variables.HAPROXY_CERT_TARGET,
-                    cert.read_bytes(),
+                    inputs.tls_certificate,
                     "haproxy",
                     nodes,
                     mode="0600",
                 )
             )
         files.extend(self._caddy_files(cluster))
-        files.extend(self._keepalived_files(cluster))
-        files.extend(self._notify_master_files(cluster, nodes))
+        files.extend(self._keepalived_files(cluster, inputs.reserved_ip_mode))
+        files.extend(self._notify_master_files(cluster, nodes, inputs))
         files.extend(self._service_files(cluster, nodes))
         return sorted(files, key=lambda f: (f.target, f.source))
 
@@ -215,7 +224,7 @@ class Renderer:
             for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
         ]
 
-    def _keepalived_files(self, cluster: Cluster) -> list[RenderedFile]:
+    def _keepalived_files(self, cluster: Cluster, mode: str) -> list[RenderedFile]:
         if not cluster.nodes:
             return []
         if cluster.network is None:
@@ -226,7 +235,6 @@ class Renderer:
                 hint="restore the network record (name, subnet, interface) in state.json, or "
                 "restore a backup from backups/ that has it",
             )
-        mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
         return [
             RenderedFile(
                 f"keepalived/{node.name}.conf",
@@ -242,20 +250,23 @@ class Renderer:
             for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
         ]
 
-    def _notify_master_files(self, cluster: Cluster, nodes: tuple[str, ...]) -> list[RenderedFile]:
+    def _notify_master_files(
+        self, cluster: Cluster, nodes: tuple[str, ...], inputs: RenderInputs
+    ) -> list[RenderedFile]:
         """Where the provider moves the Reserved IP by API: the script and its root-only token.
 
-        The token file holds the failover token (``node_token``). Only when the operator
-        accepted the main token and none is at hand (an offline ``dynia render``) is it left
-        out of the manifest; a sync then leaves the token the nodes already hold untouched.
+        Without a token file (``inputs.failover_token_file`` None: an offline render the
+        operator allowed) the token stays out of the manifest; a sync then leaves the token the
+        nodes already hold untouched.
         """
-        mode = node_provider_traits(cluster.node_provider).reserved_ip_mode
-        if mode != "api" or cluster.reserved_ip is None or not nodes:
+        if inputs.reserved_ip_mode != "api" or cluster.reserved_ip is None or not nodes:
             return []
         script = _render(
             self.env,
             "keepalived/notify-master-digitalocean.sh.j2",
-            variables.notify_master_vars(cluster),
+            variables.notify_master_vars(
+                cluster, inputs.digitalocean_api_url, inputs.digitalocean_metadata_url
+            ),
         )
         files = [
             RenderedFile(
@@ -267,13 +278,12 @@ class Renderer:
                 mode="0700",
             )
         ]
-        token = node_token(cluster)
-        if token is not None:
+        if inputs.failover_token_file is not None:
             files.append(
                 RenderedFile(
                     "secrets/digitalocean-token",
                     variables.DIGITALOCEAN_TOKEN_TARGET,
-                    token.reveal().encode() + b"\n",
+                    inputs.failover_token_file,
                     NOTIFY_COMPONENT,
                     nodes,
                     mode="0600",
@@ -389,9 +399,14 @@ class Renderer:
             rendered[str(relative)] = _render(self.env, name, context)
         return rendered
 
-    def render(self, cluster: Cluster, directory: Path | None = None) -> RenderResult:
+    def render(
+        self, cluster: Cluster, directory: Path | None = None, inputs: RenderInputs | None = None
+    ) -> RenderResult:
+        """Write the folder. Without ``inputs``, those the render operation would choose."""
+        if inputs is None:
+            inputs = _operation_inputs(self.layout, cluster)
         target = directory or self.layout.deploy_config_dir(cluster.name)
-        files = self.node_files(cluster)
+        files = self.node_files(cluster, inputs)
         contents: dict[str, bytes] = {f.source: f.content for f in files}
         contents["metadata.json"] = _json_bytes(self.manifest(cluster, files))
         contents["cluster-metadata.json"] = _json_bytes(self.cluster_metadata(cluster))
@@ -401,49 +416,25 @@ class Renderer:
         return RenderResult(directory=target, files=files)
 
 
-def _optional_token(name: str) -> Secret | None:
-    """The token, or None when it is set nowhere (a broken credentials file still raises)."""
-    try:
-        return lookup_token(name, scopes_hint=FAILOVER_TOKEN_SCOPES)
-    except ProviderError as exc:
-        if exc.message.startswith(f"no {name} found"):
-            return None
-        raise
+def _operation_inputs(layout: HomeLayout, cluster: Cluster) -> RenderInputs:
+    """The inputs ``render_cluster`` decides, for callers that render without choosing them.
 
-
-def node_token(cluster: Cluster) -> Secret | None:
-    """The token the nodes of an API-mode cluster use to move the Reserved IP.
-
-    The narrow failover token when one is set. The main token (which can delete every droplet
-    of the account) only when the operator accepted it for this cluster
-    (``settings.allow_main_credential_on_nodes``); then None when no token is at hand at all (an
-    offline render: the file stays out of the manifest and the nodes keep theirs). Otherwise
-    RenderError, before anything is written.
+    Imported here, not at module level: the render operation imports this module, and the
+    renderer itself must not depend on providers or the environment.
     """
-    return check_node_token(cluster.name, cluster.settings.allow_main_credential_on_nodes)
+    from dynia.operations.deploy_config import render_inputs
+
+    return render_inputs(layout, cluster)
 
 
-def check_node_token(cluster_name: str, allow_main_token: bool) -> Secret | None:
-    """``node_token`` for a cluster that may not be in state yet (create checks it first)."""
-    failover = _optional_token(FAILOVER_TOKEN_ENV)
-    main = _optional_token(TOKEN_ENV)
-    if failover is not None and (failover != main or allow_main_token):
-        return failover
-    if allow_main_token:
-        return main
-    problem = (
-        f"{FAILOVER_TOKEN_ENV} holds the main {TOKEN_ENV}"
-        if failover is not None
-        else f"no {FAILOVER_TOKEN_ENV} is set"
-    )
-    raise RenderError(
-        f"refusing to render cluster {cluster_name!r}: {problem}. keepalived on the nodes "
-        "needs a token to move the Reserved IP, and Dynia does not put the main token, which "
-        "can delete every droplet of the account, on the nodes unless told to",
-        hint=f"{FAILOVER_TOKEN_HOW}; or accept the main token on this cluster's nodes with "
-        f"{ALLOW_MAIN_TOKEN_FLAG} on `dynia cluster create` or `dynia render` (remembered in "
-        "state; `dynia render --no-allow-main-token-on-nodes` withdraws it)",
-    )
+def __getattr__(name: str) -> Any:
+    # The failover-token check moved to the render operation; `cluster create` still imports it
+    # from here. Resolved lazily for the same reason as ``_operation_inputs``.
+    if name == "check_node_token":
+        from dynia.operations.deploy_config import check_node_token
+
+        return check_node_token
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, str]) -> None:

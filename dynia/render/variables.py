@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from typing import Any
 
-from dynia.endpoints import PRIVATE, check_endpoint
 from dynia.state.models import Cluster, Node
 
 HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"
@@ -17,9 +15,8 @@ HSTS_MAX_AGE = 63072000
 REVISION_PATH = "/dynia-revision"
 NOTIFY_MASTER_TARGET = "/etc/keepalived/dynia-notify-master.sh"
 DIGITALOCEAN_TOKEN_TARGET = "/etc/dynia/digitalocean-token"
-# Where the notify-master script talks to DigitalOcean; both overridable for a test API.
-DIGITALOCEAN_API_URL_ENV = "DIGITALOCEAN_API_URL"
-DIGITALOCEAN_METADATA_URL_ENV = "DIGITALOCEAN_METADATA_URL"
+# Where the notify-master script talks to DigitalOcean; the render operation may point both at a
+# test API (operations/deploy_config.py).
 DEFAULT_DIGITALOCEAN_API_URL = "https://api.digitalocean.com"
 DEFAULT_DIGITALOCEAN_METADATA_URL = "http://169.254.169.254/metadata/v1"
 # The node's hold file (health answers 503 while it exists) and the revision of deploy-config the
@@ -193,19 +190,15 @@ def master_marker(cluster: Cluster) -> str:
     return f"{MASTER_MARKER_PREFIX}{cluster.settings.vrrp_router_id}"
 
 
-def notify_master_vars(cluster: Cluster) -> dict[str, Any]:
-    """Variables of the DigitalOcean notify-master script (the Reserved IP moved by API)."""
+def notify_master_vars(cluster: Cluster, api_url: str, metadata_url: str) -> dict[str, Any]:
+    """Variables of the DigitalOcean notify-master script (the Reserved IP moved by API).
+
+    ``api_url`` and ``metadata_url`` go into a script root runs: the caller has checked them.
+    """
     assert cluster.reserved_ip is not None, "the notify script needs the Reserved IP"
-    api_url = os.environ.get(DIGITALOCEAN_API_URL_ENV) or DEFAULT_DIGITALOCEAN_API_URL
-    metadata_url = (
-        os.environ.get(DIGITALOCEAN_METADATA_URL_ENV) or DEFAULT_DIGITALOCEAN_METADATA_URL
-    )
     return {
         "dynia_do_reserved_ip": cluster.reserved_ip.address,
-        # Both go into a script root runs: plain URLs only, https unless the host is local.
-        "dynia_do_api_url": check_endpoint(DIGITALOCEAN_API_URL_ENV, api_url, PRIVATE),
-        "dynia_do_metadata_url": check_endpoint(
-            DIGITALOCEAN_METADATA_URL_ENV, metadata_url, PRIVATE
-        ),
+        "dynia_do_api_url": api_url,
+        "dynia_do_metadata_url": metadata_url,
         "dynia_do_token_file": DIGITALOCEAN_TOKEN_TARGET,
     }

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from sample_state import sample_cluster
 from dynia.errors import RenderError
 from dynia.operations.deploy_config import render_cluster
 from dynia.paths import HomeLayout
-from dynia.render.renderer import Renderer
+from dynia.render.renderer import Renderer, RenderInputs
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = [
@@ -121,7 +123,8 @@ def test_invalid_config_fails_validation_and_keeps_previous_folder(
     cluster.settings.caddy_port = 70000  # no program accepts this port
     # The render's own input check refuses it first (tests/unit/test_injection.py); without that
     # check the programs' validation must still catch it.
-    monkeypatch.setattr("dynia.render.renderer.check_render_inputs", lambda *_: None)
+    for where in ("dynia.render.renderer", "dynia.operations.deploy_config"):
+        monkeypatch.setattr(f"{where}.check_render_inputs", lambda *_: None)
     with pytest.raises(RenderError, match="validation"):
         render_cluster(layout, cluster)
     assert tree_bytes(layout.deploy_config_dir("demo")) == before
@@ -148,3 +151,36 @@ def test_a_single_node_cluster_renders_a_valid_keepalived_config(layout: HomeLay
     assert "keepalived" in {v.program for v in report.validations if not v.skipped}
     text = (report.result.directory / "keepalived/misty-owl.conf").read_text()
     assert "unicast_peer" not in text and "172.30.9.250/24" in text
+
+
+def test_the_renderer_imports_no_provider_and_reads_no_environment() -> None:
+    # Rendering is state plus RenderInputs in, files out: the render operation decides the rest.
+    probe = (
+        "import sys, dynia.render.renderer, dynia.render.validate; "
+        "print([m for m in sys.modules if m.startswith('dynia.providers')])"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+    for source in Path("dynia/render").glob("*.py"):
+        text = source.read_text()
+        assert "os.environ" not in text and "getenv" not in text, source
+
+
+def test_explicit_inputs_decide_the_api_mode_files_whatever_the_environment(
+    layout: HomeLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_FAILOVER_TOKEN", "DIGITALOCEAN_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DYNIA_CREDENTIALS_FILE", str(layout.root / "no-credentials.json"))
+    inputs = RenderInputs(
+        reserved_ip_mode="api",
+        failover_token_file=b"given\n",
+        digitalocean_api_url="http://127.0.0.1:9",
+    )
+    assert "given" not in repr(inputs)
+    folder = Renderer(layout).render(sample_cluster(), inputs=inputs).directory
+    assert (folder / "secrets/digitalocean-token").read_bytes() == b"given\n"
+    assert "http://127.0.0.1:9" in (folder / "keepalived/notify-master.sh").read_text()
+    assert "169.254.0.51/32 dev lo" in (folder / "keepalived/misty-owl.conf").read_text()
