@@ -32,7 +32,8 @@ from dynia.render.compose import node_compose, parse_compose
 from dynia.state.models import Cluster
 from dynia.state.validation import check_cluster
 
-MANIFEST_SCHEMA = 1
+# 2: file entries carry validate and role_source_var/role_target_var, components their order.
+MANIFEST_SCHEMA = 2
 # Written into every rendered folder: `render --output` replaces a non-empty folder only when it
 # holds this file, so it never swaps away a folder some render did not write.
 RENDER_MARKER = ".dynia-render"
@@ -70,6 +71,11 @@ class RenderedFile:
     mode: str = "0644"
     owner: str = "root"
     group: str = "root"
+    # Checks the new file on the node before it replaces the old one (`%s`: the new file).
+    validate: str | None = None
+    # The role variables bootstrap hands this file to: its source in deploy-config, its target.
+    role_source_var: str | None = None
+    role_target_var: str | None = None
 
     def manifest_entry(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,9 @@ class RenderedFile:
             "sha256": hashlib.sha256(self.content).hexdigest(),
             "component": self.component,
             "nodes": list(self.nodes),
+            "validate": self.validate,
+            "role_source_var": self.role_source_var,
+            "role_target_var": self.role_target_var,
         }
 
 
@@ -179,6 +188,8 @@ class Renderer:
                 ),
                 "haproxy",
                 nodes,
+                validate=variables.HAPROXY_VALIDATE,
+                role_source_var="haproxy_config_source",
             ),
             RenderedFile(
                 variables.FIREWALL_SOURCE,
@@ -190,6 +201,8 @@ class Renderer:
                 ),
                 variables.FIREWALL_COMPONENT,
                 nodes,
+                validate=variables.FIREWALL_VALIDATE,
+                role_source_var="dynia_firewall_config_source",
             ),
         ]
         if inputs.tls_certificate is not None:
@@ -201,6 +214,8 @@ class Renderer:
                     "haproxy",
                     nodes,
                     mode="0600",
+                    role_source_var="haproxy_tls_certificate_source",
+                    role_target_var="haproxy_tls_certificate_path",
                 )
             )
         files.extend(self._caddy_files(cluster))
@@ -220,6 +235,8 @@ class Renderer:
                 ),
                 "caddy",
                 (node.name,),
+                validate=variables.CADDY_VALIDATE,
+                role_source_var="caddy_config_source",
             )
             for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
         ]
@@ -246,6 +263,8 @@ class Renderer:
                 ),
                 "keepalived",
                 (node.name,),
+                validate=variables.KEEPALIVED_VALIDATE,
+                role_source_var="keepalived_config_source",
             )
             for node in sorted(cluster.nodes.values(), key=lambda n: n.name)
         ]
@@ -276,6 +295,7 @@ class Renderer:
                 NOTIFY_COMPONENT,
                 nodes,
                 mode="0700",
+                validate=variables.NOTIFY_MASTER_VALIDATE,
             )
         ]
         if inputs.failover_token_file is not None:
@@ -316,14 +336,20 @@ class Renderer:
             )
         return files
 
-    def components(self, cluster: Cluster) -> dict[str, dict[str, str]]:
-        components: dict[str, dict[str, str]] = {
-            unit: {"action": "reload", "unit": unit} for unit in ("haproxy", "caddy", "keepalived")
+    def components(self, cluster: Cluster) -> dict[str, dict[str, Any]]:
+        """How each component takes a change: its unit, action and place in the reload order.
+
+        The firewall reloads first: a joining node is let in before HAProxy routes to it or
+        keepalived lists it as a peer. A forced sync (repair) restarts keepalived.
+        """
+        components: dict[str, dict[str, Any]] = {
+            variables.FIREWALL_COMPONENT: {"action": "reload", "unit": variables.FIREWALL_UNIT},
+            "caddy": {"action": "reload", "unit": "caddy"},
+            "haproxy": {"action": "reload", "unit": "haproxy"},
+            "keepalived": {"action": "reload", "force_action": "restart", "unit": "keepalived"},
         }
-        components[variables.FIREWALL_COMPONENT] = {
-            "action": "reload",
-            "unit": variables.FIREWALL_UNIT,
-        }
+        for order, component in enumerate(components.values()):
+            component["order"] = order
         for name, service in sorted(cluster.services.items()):
             components[f"service:{name}"] = {
                 "action": "compose-up",

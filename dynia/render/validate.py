@@ -7,13 +7,19 @@ not have, so each is checked in a scratch copy with those references pointed at 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dynia.errors import RenderError
+
+# Checked on the node only: `nft -c` talks netlink to the kernel and needs CAP_NET_ADMIN, which an
+# operator's controller, run as a user, does not have.
+NODE_ONLY_PROGRAMS = frozenset({"nft"})
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,16 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def _command_for(component: str, path: Path) -> tuple[str, list[str]] | None:
-    if component == "haproxy" and path.name.endswith(".cfg"):
-        return "haproxy", ["haproxy", "-c", "-q", "-f", str(path)]
-    if component == "caddy":
-        return "caddy", ["caddy", "validate", "--adapter", "caddyfile", "--config", str(path)]
-    if component == "keepalived" and path.name.endswith(".conf"):
-        return "keepalived", ["keepalived", "-t", "-f", str(path)]
-    if component.startswith("service:"):
+def _command_for(entry: dict[str, Any], path: Path) -> tuple[str, list[str]] | None:
+    """The program and command that check ``path``: the node's own check from the manifest.
+
+    Compose files have none on the node (it may run either Compose); here they are checked with
+    whichever Compose the controller has.
+    """
+    if entry.get("validate"):
+        argv = [str(path) if word == "%s" else word for word in shlex.split(entry["validate"])]
+        return None if argv[0] in NODE_ONLY_PROGRAMS else (argv[0], argv)
+    if entry["component"].startswith("service:"):
         compose = _compose_command()
         if compose is None:
             return "docker-compose", []
@@ -89,7 +97,7 @@ def validate_deploy_config(directory: Path) -> list[ValidationOutcome]:
 
 
 def _validate_one(
-    entry: dict[str, str], scratch: Path, replacements: dict[str, str], interface: str | None
+    entry: dict[str, Any], scratch: Path, replacements: dict[str, str], interface: str | None
 ) -> ValidationOutcome:
     local = scratch / entry["source"]
     text = _localize(local.read_text(), replacements)
@@ -99,7 +107,7 @@ def _validate_one(
             for line in text.splitlines()
         )
     local.write_text(text)
-    found = _command_for(entry["component"], local)
+    found = _command_for(entry, local)
     if found is None:
         return ValidationOutcome(entry["source"], "-", ok=True, skipped=True)
     program, argv = found

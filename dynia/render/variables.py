@@ -23,6 +23,13 @@ DEFAULT_DIGITALOCEAN_METADATA_URL = "http://169.254.169.254/metadata/v1"
 # node runs; the roles dynia_node and dynia_sync use the same paths.
 NODE_HOLD_FILE = "/run/dynia/hold"
 NODE_REVISION_FILE = "/var/lib/dynia/revision"
+# How a node checks each new config before it replaces the old one (`%s`: the new file), as the
+# manifest carries it to the sync; the controller runs the same commands on a scratch copy.
+HAPROXY_VALIDATE = "haproxy -c -q -f %s"
+CADDY_VALIDATE = "caddy validate --adapter caddyfile --config %s"
+KEEPALIVED_VALIDATE = "keepalived -t -f %s"
+FIREWALL_VALIDATE = "nft -c -f %s"
+NOTIFY_MASTER_VALIDATE = "bash -n %s"
 # The node firewall (role dynia_firewall): one rules file for every node, reloaded by its unit.
 FIREWALL_SOURCE = "firewall/dynia-firewall.nft"
 FIREWALL_TARGET = "/etc/nftables.d/dynia-firewall.nft"

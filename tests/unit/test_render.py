@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,9 @@ GOLDEN_FILES = [
     "keepalived/quiet-fox.conf",
     "services/web/docker-compose.yml",
     "cluster-metadata.json",
+    # The manifest: every file's target, mode, validate command and role variable, every
+    # component's unit, action and order, written once.
+    "metadata.json",
 ]
 
 
@@ -184,3 +188,37 @@ def test_explicit_inputs_decide_the_api_mode_files_whatever_the_environment(
     assert (folder / "secrets/digitalocean-token").read_bytes() == b"given\n"
     assert "http://127.0.0.1:9" in (folder / "keepalived/notify-master.sh").read_text()
     assert "169.254.0.51/32 dev lo" in (folder / "keepalived/misty-owl.conf").read_text()
+
+
+def test_bootstrap_reads_each_roles_files_from_the_manifest(layout: HomeLayout) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "dynia_manifest", Path(__file__).parents[2] / "playbooks/filter_plugins/dynia_manifest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    cert = layout.tls_dir("demo") / "cluster.pem"
+    inputs = RenderInputs(tls_certificate=b"pem\n")
+    result = Renderer(layout).render(sample_cluster(), inputs=inputs)
+    manifest = json.loads(result.manifest_path.read_text())
+    found = filters.role_vars(manifest["files"], "quiet-fox", "/dc")
+    assert found == {
+        "haproxy_config_source": "/dc/haproxy/haproxy.cfg",
+        "haproxy_tls_certificate_source": "/dc/haproxy/certs/cluster.pem",
+        "haproxy_tls_certificate_path": "/etc/haproxy/certs/cluster.pem",
+        "caddy_config_source": "/dc/caddy/quiet-fox.Caddyfile",
+        "dynia_firewall_config_source": "/dc/firewall/dynia-firewall.nft",
+        "keepalived_config_source": "/dc/keepalived/quiet-fox.conf",
+    }
+    assert not cert.exists(), "the certificate came from the inputs, not the home"
+
+
+def test_every_config_in_the_manifest_carries_its_node_check(layout: HomeLayout) -> None:
+    manifest = json.loads(Renderer(layout).render(sample_cluster()).manifest_path.read_text())
+    checks = {e["source"]: e["validate"] for e in manifest["files"]}
+    assert checks["haproxy/haproxy.cfg"] == "haproxy -c -q -f %s"
+    assert checks["firewall/dynia-firewall.nft"] == "nft -c -f %s"
+    assert checks["keepalived/misty-owl.conf"] == "keepalived -t -f %s"
+    assert checks["caddy/misty-owl.Caddyfile"].startswith("caddy validate")
+    order = sorted((c["order"], name) for name, c in manifest["components"].items() if "order" in c)
+    assert [name for _, name in order] == ["firewall", "caddy", "haproxy", "keepalived"]

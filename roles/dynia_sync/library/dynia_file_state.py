@@ -1,5 +1,10 @@
 #!/usr/bin/python
-"""Hash, stat and compare many files on a node in one module call (read-only)."""
+"""Hash, stat and compare many files on a node in one module call (read-only), and work out
+what a sync of the node does: which files it copies, which components it reloads and how.
+
+The planning is pure Python (``plan_sync``) so it is computed once, here, and unit-tested
+(tests/unit/test_dynia_file_state.py), instead of in chains of Jinja filters.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ options:
     type: str
     required: true
   files:
-    description: Expected state, one entry per path.
+    description:
+      - Expected state, one entry per path: the manifest's file entries. An entry with a
+        C(nodes) list is this node's only when the list names I(node).
     type: list
     elements: dict
     required: true
@@ -34,6 +41,30 @@ options:
       mode: {description: Expected mode, octal string such as C(0644)., type: str}
       owner: {description: Expected owner name., type: str}
       group: {description: Expected group name., type: str}
+      component: {description: Component the file belongs to., type: str}
+      nodes: {description: Nodes that get the file., type: list, elements: str}
+      validate:
+        description: Command that checks the new file (C(%s)) before it replaces the old one.
+        type: str
+  components:
+    description:
+      - The manifest's components (C(unit), C(action), C(force_action), C(order) of each). Given,
+        the result carries C(plan); without it only the comparison is made.
+    type: dict
+  hold_components:
+    description: Components whose files the sync leaves untouched.
+    type: list
+    elements: str
+    default: []
+  hold_new_components:
+    description: Components left untouched where none of their files exist yet.
+    type: list
+    elements: str
+    default: []
+  force:
+    description: Trigger every component of the node even when no file differs (repair).
+    type: bool
+    default: false
   pending_marker:
     description:
       - Path of the file a sync writes before it changes the node and removes once the node is
@@ -68,6 +99,18 @@ pending:
   description: Whether I(pending_marker) exists.
   type: bool
   returned: always
+plan:
+  description:
+    - What a sync of the node does. C(files), the node's files it manages (held components
+      left out); C(held_new), the components held because they are new here; C(changed), the
+      files to copy; C(new_paths), those of them not on the node yet; C(pending_components),
+      the components an interrupted sync left; C(triggered), every component to act on;
+      C(reload), C({component, unit, state}) per system unit to reload or restart, in order;
+      C(services), the triggered components that are compose services; C(new_services) and
+      C(restored_services), those a rollback stops (new here) and brings back up; C(apply),
+      whether anything is to be done at all.
+  type: dict
+  returned: when I(components) is given
 """
 
 _CHUNK = 1 << 20
@@ -167,18 +210,120 @@ def pending_entry(node: str, path: str, components: list[str]) -> dict:
     }
 
 
+def files_for_node(files: list, node: str) -> list:
+    """The manifest's entries for ``node``: those whose ``nodes`` list names it (or lists none)."""
+    return [entry for entry in files if "nodes" not in entry or node in entry["nodes"]]
+
+
+def _without_nulls(entry: dict) -> dict:
+    # A null optional key (validate, owner) means "none": Ansible's default(omit) needs it absent.
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def held_new_components(
+    files: list, missing_paths: list, hold_components: list, hold_new_components: list
+) -> list:
+    """Components to hold back because none of their files is on the node yet."""
+    present = {entry.get("component") for entry in files if entry["target"] not in missing_paths}
+    listed = {entry.get("component") for entry in files}
+    return [
+        component
+        for component in _unique(hold_new_components)
+        if component not in hold_components and component in listed and component not in present
+    ]
+
+
+def reload_plan(triggered: list, components: dict, force: bool) -> list:
+    """The system units to reload or restart for ``triggered``, in the components' order."""
+    units = [name for name in triggered if components.get(name, {}).get("unit")]
+    # Components without an order (a manifest written by hand) reload last, by name.
+    ordered = sorted(units, key=lambda name: (_order(components[name]), name))
+    return [
+        {
+            "component": name,
+            "unit": components[name]["unit"],
+            "state": _unit_state(components[name], force),
+        }
+        for name in ordered
+    ]
+
+
+def _order(component: dict) -> tuple:
+    order = component.get("order")
+    return (order is None, order or 0)
+
+
+def _unit_state(component: dict, force: bool) -> str:
+    action = component.get("force_action") if force else None
+    return "restarted" if (action or component.get("action")) == "restart" else "reloaded"
+
+
+def plan_sync(
+    files: list,
+    changed_paths: list,
+    missing_paths: list,
+    pending_components: list,
+    components: dict,
+    hold_components: list = (),
+    hold_new_components: list = (),
+    force: bool = False,
+    pending: bool = False,
+) -> dict:
+    """What a sync does on a node whose ``files`` compared as ``changed_paths``/``missing_paths``.
+
+    An interrupted sync's components (``pending_components``) are acted on again even though
+    their files now match; ``force`` acts on every component of the node.
+    """
+    held_new = held_new_components(files, missing_paths, hold_components, hold_new_components)
+    held = set(hold_components) | set(held_new)
+    kept = [_without_nulls(entry) for entry in files if entry.get("component") not in held]
+    kept_components = _unique(entry.get("component") for entry in kept)
+    changed = [entry for entry in kept if entry["target"] in changed_paths]
+    pending_kept = [name for name in pending_components if name in kept_components]
+    acted_on = kept if force else changed
+    triggered = _unique([entry.get("component") for entry in acted_on] + pending_kept)
+    new_paths = [entry["target"] for entry in changed if entry["target"] in missing_paths]
+    services = [name for name in triggered if name.startswith("service:") and name in components]
+    # A rollback stops the services this change introduced and brings the others back up.
+    new_services = _unique(
+        entry.get("component") for entry in changed if entry["target"] in new_paths
+    )
+    return {
+        "files": kept,
+        "held_new": held_new,
+        "changed": changed,
+        "new_paths": new_paths,
+        "pending_components": pending_kept,
+        "triggered": triggered,
+        "reload": reload_plan(triggered, components, force),
+        "services": services,
+        "new_services": [name for name in new_services if name.startswith("service:")],
+        "restored_services": [name for name in services if name not in new_services],
+        "apply": bool(changed) or force or pending,
+    }
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "node": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "dict", "required": True},
             "pending_marker": {"type": "str"},
+            "components": {"type": "dict"},
+            "hold_components": {"type": "list", "elements": "str", "default": []},
+            "hold_new_components": {"type": "list", "elements": "str", "default": []},
+            "force": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     node = module.params["node"]
+    files = files_for_node(module.params["files"], node)
     states, drift = {}, []
-    for expected in module.params["files"]:
+    for expected in files:
         if "target" not in expected or "sha256" not in expected:
             module.fail_json(msg=f"each entry of 'files' needs 'target' and 'sha256': {expected!r}")
         actual = actual_state(expected["target"])
@@ -190,15 +335,29 @@ def main() -> None:
     pending, pending_components = read_pending(module.params["pending_marker"])
     if pending:
         drift.append(pending_entry(node, module.params["pending_marker"], pending_components))
-    module.exit_json(
-        changed=False,
-        files=states,
-        changed_paths=changed_paths,
-        missing_paths=[path for path, state in states.items() if not state["exists"]],
-        dynia_drift=drift,
-        pending=pending,
-        pending_components=pending_components,
-    )
+    missing_paths = [path for path, state in states.items() if not state["exists"]]
+    result = {
+        "changed": False,
+        "files": states,
+        "changed_paths": changed_paths,
+        "missing_paths": missing_paths,
+        "dynia_drift": drift,
+        "pending": pending,
+        "pending_components": pending_components,
+    }
+    if module.params["components"] is not None:
+        result["plan"] = plan_sync(
+            files,
+            changed_paths,
+            missing_paths,
+            pending_components,
+            module.params["components"],
+            module.params["hold_components"],
+            module.params["hold_new_components"],
+            module.params["force"],
+            pending,
+        )
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
