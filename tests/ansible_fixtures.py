@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from fleet_fixtures import local_fleet, unique_prefix
+from sample_state import render_sample
 from testnodes import Fleet
 
 from dynia.paths import HomeLayout
-from dynia.render.renderer import Renderer
 from dynia.state.models import (
     BACKUP_PRIORITY,
     MASTER_PRIORITY,
@@ -58,7 +58,7 @@ class AnsibleCluster:
         return json.loads((self.project / "metadata.json").read_text())
 
     def render(self) -> None:
-        Renderer(self.layout).render(self.cluster)
+        render_sample(self.layout, self.cluster)
 
     def ansible(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         """Run an ansible CLI in the generated project, as an operator would."""

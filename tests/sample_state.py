@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from dynia.operations.deploy_config import render_inputs
+from dynia.paths import HomeLayout
+from dynia.render.renderer import Renderer, RenderResult
 from dynia.state import StateStore
 from dynia.state.models import (
     STATUS_SERVING,
@@ -65,3 +68,11 @@ def save_sample(home: Path, cluster: Cluster | None = None) -> Cluster:
         txn.state.clusters[cluster.name] = cluster
         txn.state.current_cluster = cluster.name
     return cluster
+
+
+def render_sample(
+    layout: HomeLayout, cluster: Cluster, directory: Path | None = None
+) -> RenderResult:
+    """Render ``cluster`` with the inputs the render operation chooses, without validating."""
+    inputs = render_inputs(layout, cluster)
+    return Renderer(layout).render(cluster, directory, inputs=inputs)

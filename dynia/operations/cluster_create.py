@@ -14,9 +14,9 @@ from dynia.errors import RenderError, UsageError
 from dynia.operations import infra
 from dynia.operations.certificates import check_certificate_options
 from dynia.operations.config import check_slug
+from dynia.operations.deploy_config import check_node_token
 from dynia.operations.run_context import RunContext
 from dynia.providers import check_dns_provider, check_node_provider, node_provider_traits
-from dynia.render.renderer import check_node_token
 from dynia.state import Transaction
 from dynia.state.models import (
     CERT_ISSUER_LOCAL,

@@ -83,11 +83,11 @@ def _render_and_validate(
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.validate-", dir=target.parent))
         try:
             validations = validate_deploy_config(
-                renderer.render(cluster, scratch, inputs).directory
+                renderer.render(cluster, scratch, inputs=inputs).directory
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    return RenderReport(renderer.render(cluster, target, inputs), validations)
+    return RenderReport(renderer.render(cluster, target, inputs=inputs), validations)
 
 
 def render_inputs(layout: HomeLayout, cluster: Cluster) -> RenderInputs:

@@ -426,11 +426,9 @@ class Renderer:
         return rendered
 
     def render(
-        self, cluster: Cluster, directory: Path | None = None, inputs: RenderInputs | None = None
+        self, cluster: Cluster, directory: Path | None = None, *, inputs: RenderInputs
     ) -> RenderResult:
-        """Write the folder. Without ``inputs``, those the render operation would choose."""
-        if inputs is None:
-            inputs = _operation_inputs(self.layout, cluster)
+        """Write the folder from the state and the inputs the render operation chose."""
         target = directory or self.layout.deploy_config_dir(cluster.name)
         files = self.node_files(cluster, inputs)
         contents: dict[str, bytes] = {f.source: f.content for f in files}
@@ -440,27 +438,6 @@ class Renderer:
         contents[RENDER_MARKER] = MARKER_TEXT
         _write_swapped(target, contents, {f.source: f.mode for f in files})
         return RenderResult(directory=target, files=files)
-
-
-def _operation_inputs(layout: HomeLayout, cluster: Cluster) -> RenderInputs:
-    """The inputs ``render_cluster`` decides, for callers that render without choosing them.
-
-    Imported here, not at module level: the render operation imports this module, and the
-    renderer itself must not depend on providers or the environment.
-    """
-    from dynia.operations.deploy_config import render_inputs
-
-    return render_inputs(layout, cluster)
-
-
-def __getattr__(name: str) -> Any:
-    # The failover-token check moved to the render operation; `cluster create` still imports it
-    # from here. Resolved lazily for the same reason as ``_operation_inputs``.
-    if name == "check_node_token":
-        from dynia.operations.deploy_config import check_node_token
-
-        return check_node_token
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _write_swapped(target: Path, contents: dict[str, bytes], modes: dict[str, str]) -> None:

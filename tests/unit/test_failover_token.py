@@ -18,14 +18,13 @@ from cli_invoke import run_dynia
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fakes import FakeDigitalOcean, InMemoryDropletBackend
-from sample_state import sample_cluster, save_sample
+from sample_state import render_sample, sample_cluster, save_sample
 
 from dynia.errors import ProviderError, RenderError
 from dynia.paths import HomeLayout
 from dynia.providers.base import NodeSpec
 from dynia.providers.digitalocean.api import RetryPolicy
 from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
-from dynia.render.renderer import Renderer
 
 MAIN = "dop_v1_" + "a" * 64
 FAILOVER = "dop_v1_" + "b" * 64
@@ -56,7 +55,7 @@ def test_a_digitalocean_render_without_failover_token_is_refused_saying_how_to_m
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", MAIN)
     layout = HomeLayout(tmp_path / "home")
     with pytest.raises(RenderError) as caught:
-        Renderer(layout).render(sample_cluster(node_provider="digitalocean"))
+        render_sample(layout, sample_cluster(node_provider="digitalocean"))
     error = caught.value
     assert "DIGITALOCEAN_FAILOVER_TOKEN" in error.message
     assert error.hint and all(scope in error.hint for scope in SCOPES)
@@ -71,7 +70,7 @@ def test_the_failover_token_goes_to_the_nodes_and_the_main_token_nowhere(
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", MAIN)
     monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", FAILOVER)
     layout = HomeLayout(tmp_path / "home")
-    folder = Renderer(layout).render(sample_cluster(node_provider="digitalocean")).directory
+    folder = render_sample(layout, sample_cluster(node_provider="digitalocean")).directory
     assert (folder / SECRET).read_text() == FAILOVER + "\n"
     assert holding(folder, FAILOVER) == [SECRET]
     assert holding(folder, MAIN) == []
@@ -83,7 +82,7 @@ def test_a_failover_token_that_is_the_main_token_is_refused(
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", MAIN)
     monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", MAIN)
     with pytest.raises(RenderError, match="holds the main DIGITALOCEAN_TOKEN"):
-        Renderer(HomeLayout(tmp_path / "home")).render(sample_cluster(node_provider="digitalocean"))
+        render_sample(HomeLayout(tmp_path / "home"), sample_cluster(node_provider="digitalocean"))
 
 
 def test_an_accepted_main_token_goes_to_the_nodes_and_offline_renders_leave_it_out(
@@ -92,16 +91,16 @@ def test_an_accepted_main_token_goes_to_the_nodes_and_offline_renders_leave_it_o
     layout = HomeLayout(tmp_path / "home")
     cluster = sample_cluster(node_provider="digitalocean")
     cluster.settings.allow_main_credential_on_nodes = True
-    offline = Renderer(layout).render(cluster)
+    offline = render_sample(layout, cluster)
     assert SECRET not in tree(offline.directory)
     assert {f.source for f in offline.files} >= {"keepalived/notify-master.sh"}
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", MAIN)
-    folder = Renderer(layout).render(cluster).directory
+    folder = render_sample(layout, cluster).directory
     assert (folder / SECRET).read_text() == MAIN + "\n"
 
 
 def test_local_clusters_need_no_token(tmp_path: Path) -> None:
-    folder = Renderer(HomeLayout(tmp_path / "home")).render(sample_cluster()).directory
+    folder = render_sample(HomeLayout(tmp_path / "home"), sample_cluster()).directory
     assert SECRET not in tree(folder)
 
 

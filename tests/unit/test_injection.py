@@ -20,14 +20,14 @@ from unittest import mock
 import pytest
 import yaml
 from cli_invoke import run_dynia
-from sample_state import WEB_COMPOSE, sample_cluster, save_sample
+from sample_state import WEB_COMPOSE, render_sample, sample_cluster, save_sample
 
 from dynia.endpoints import LOOPBACK, PRIVATE, check_endpoint
 from dynia.errors import DyniaError, RenderError, StateError, UsageError
 from dynia.paths import HomeLayout
 from dynia.providers.cloudflare import CloudflareDnsProvider
 from dynia.render.compose import loopback_port, node_compose, parse_compose
-from dynia.render.renderer import Renderer, shell_quote
+from dynia.render.renderer import shell_quote
 from dynia.state import SCHEMA_VERSION, StateStore
 from dynia.state.models import Cluster
 from dynia.state.validation import parse_state
@@ -115,7 +115,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[HomeLayout, dict[str, bytes]]:
     layout = HomeLayout(tmp_path_factory.mktemp("injection") / "home")
-    Renderer(layout).render(sample_cluster())
+    render_sample(layout, sample_cluster())
     return layout, tree(layout.deploy_config_dir("demo"))
 
 
@@ -146,7 +146,7 @@ def test_render_refuses_a_payload_naming_the_field_and_writes_nothing(
     # Built without validation, as a cluster changed in memory would be.
     cluster = Cluster.from_dict(_state_dict(FIELDS[field], payload)["clusters"]["demo"])
     with pytest.raises(RenderError) as caught:
-        Renderer(layout).render(cluster)
+        render_sample(layout, cluster)
     assert f"clusters.demo.{field}" in caught.value.message
     assert tree(layout.deploy_config_dir("demo")) == before
 
@@ -159,7 +159,7 @@ def test_interface_with_a_newline_never_reaches_keepalived_conf(
     assert cluster.network is not None
     cluster.network.interface = "eth0\n    notify_master \"/bin/sh -c 'touch /tmp/p'\""
     with pytest.raises(RenderError, match=r"clusters\.demo\.network\.interface"):
-        Renderer(layout).render(cluster)
+        render_sample(layout, cluster)
     assert tree(layout.deploy_config_dir("demo")) == before
     assert not any(b"/bin/sh" in content for content in before.values())
 
@@ -192,7 +192,7 @@ def test_a_trailing_newline_in_a_name_is_refused() -> None:
 def test_a_home_path_with_a_newline_is_refused_before_writing(tmp_path: Path) -> None:
     layout = HomeLayout(tmp_path / "home\n[defaults]")
     with pytest.raises(RenderError, match="control character"):
-        Renderer(layout).render(sample_cluster())
+        render_sample(layout, sample_cluster())
     assert not layout.deploy_config_dir("demo").exists()
 
 
@@ -224,11 +224,11 @@ def test_digitalocean_urls_are_checked_before_the_notify_script_is_written(
     monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     layout = HomeLayout(tmp_path / "home")
     cluster = sample_cluster(node_provider="digitalocean")
-    Renderer(layout).render(cluster)
+    render_sample(layout, cluster)
     before = tree(layout.deploy_config_dir("demo"))
     monkeypatch.setenv(env, url)
     with pytest.raises(UsageError) as caught:
-        Renderer(layout).render(cluster)
+        render_sample(layout, cluster)
     assert env in caught.value.message and caught.value.hint
     assert tree(layout.deploy_config_dir("demo")) == before
 
@@ -249,7 +249,7 @@ def test_digitalocean_urls_of_the_real_api_and_the_test_fakes_render(
     monkeypatch.setenv("DIGITALOCEAN_METADATA_URL", url)
     monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     layout = HomeLayout(tmp_path / "home")
-    result = Renderer(layout).render(sample_cluster(node_provider="digitalocean"))
+    result = render_sample(layout, sample_cluster(node_provider="digitalocean"))
     script = (result.directory / "keepalived/notify-master.sh").read_text()
     assert f"API_URL={url}\n" in script and f"METADATA_URL={url}\n" in script
     assert "RESERVED_IP=172.30.9.250\n" in script
@@ -337,7 +337,7 @@ def test_deploy_flags_with_a_payload_are_refused_naming_the_flag(
 
 
 def test_compose_files_go_to_nodes_root_only(tmp_path: Path) -> None:
-    result = Renderer(HomeLayout(tmp_path / "home")).render(sample_cluster())
+    result = render_sample(HomeLayout(tmp_path / "home"), sample_cluster())
     manifest = json.loads(result.manifest_path.read_text())
     compose = [f for f in manifest["files"] if f["component"].startswith("service:")]
     assert compose and all(f["mode"] == "0600" and f["owner"] == "root" for f in compose)

@@ -11,10 +11,9 @@ from types import ModuleType
 
 import pytest
 import yaml
-from sample_state import save_sample
+from sample_state import render_sample, save_sample
 
 from dynia.paths import INVENTORY_FILE, HomeLayout, shipped_dir
-from dynia.render.renderer import Renderer
 from dynia.runner.run import _inventory_hosts
 from dynia.state.models import Cluster, Node, State
 from dynia.state.store import StateStore
@@ -121,7 +120,7 @@ def test_rendered_project_reaches_the_nodes_through_its_inventory(tmp_path: Path
     """The operator's view: ansible-inventory in deploy-config/<cluster>, no options, no env."""
     layout = HomeLayout(tmp_path / "home")
     cluster = save_sample(layout.root)
-    project = Renderer(layout).render(cluster).directory
+    project = render_sample(layout, cluster).directory
     assert (project / INVENTORY_FILE).is_file()
     assert not (project / "inventory.yml").exists()
     proc = _ansible_inventory(tmp_path, "--graph", cwd=project, plugin_env=False)

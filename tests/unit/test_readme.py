@@ -14,10 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sample_state import save_sample
+from sample_state import render_sample, save_sample
 
 from dynia.paths import HomeLayout
-from dynia.render.renderer import Renderer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 VENV_BIN = Path(sys.executable).parent
@@ -34,7 +33,7 @@ def hand_run_block() -> list[list[str]]:
 def test_hand_run_commands_work_as_written(tmp_path: Path) -> None:
     layout = HomeLayout(tmp_path / ".dynia")
     cluster = save_sample(layout.root)
-    Renderer(layout).render(cluster)
+    render_sample(layout, cluster)
     env = {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path)}
     cwd, ran = tmp_path, []
     for command in hand_run_block():

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sample_state import sample_cluster
+from sample_state import render_sample, sample_cluster
 
 from dynia.errors import RenderError
-from dynia.operations.deploy_config import render_cluster
+from dynia.operations.deploy_config import render_cluster, render_inputs
 from dynia.paths import HomeLayout
 from dynia.render.renderer import Renderer, RenderInputs
 
@@ -48,7 +48,7 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("relative", GOLDEN_FILES)
 def test_rendered_file_matches_golden(layout: HomeLayout, relative: str) -> None:
-    result = Renderer(layout).render(sample_cluster())
+    result = render_sample(layout, sample_cluster())
     rendered = (result.directory / relative).read_text()
     golden = GOLDEN / relative
     if os.environ.get("DYNIA_UPDATE_GOLDEN"):
@@ -58,16 +58,16 @@ def test_rendered_file_matches_golden(layout: HomeLayout, relative: str) -> None
 
 
 def test_same_state_renders_byte_identical_folder(layout: HomeLayout, tmp_path: Path) -> None:
-    first = tree_bytes(Renderer(layout).render(sample_cluster()).directory)
+    first = tree_bytes(render_sample(layout, sample_cluster()).directory)
     copy = tmp_path / "first"
     shutil.copytree(layout.deploy_config_dir("demo"), copy)
-    second = tree_bytes(Renderer(layout).render(sample_cluster()).directory)
+    second = tree_bytes(render_sample(layout, sample_cluster()).directory)
     assert first == second
     assert tree_bytes(copy) == second
 
 
 def test_manifest_hashes_are_the_files_real_sha256(layout: HomeLayout) -> None:
-    result = Renderer(layout).render(sample_cluster())
+    result = render_sample(layout, sample_cluster())
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["files"], "the manifest lists the node files"
     for entry in manifest["files"]:
@@ -76,7 +76,7 @@ def test_manifest_hashes_are_the_files_real_sha256(layout: HomeLayout) -> None:
 
 
 def test_manifest_names_targets_components_and_nodes(layout: HomeLayout) -> None:
-    manifest = json.loads(Renderer(layout).render(sample_cluster()).manifest_path.read_text())
+    manifest = json.loads(render_sample(layout, sample_cluster()).manifest_path.read_text())
     by_source = {e["source"]: e for e in manifest["files"]}
     assert by_source["haproxy/haproxy.cfg"]["target"] == "/etc/haproxy/haproxy.cfg"
     assert by_source["haproxy/haproxy.cfg"]["nodes"] == ["amber-elk", "misty-owl", "quiet-fox"]
@@ -88,7 +88,7 @@ def test_manifest_names_targets_components_and_nodes(layout: HomeLayout) -> None
 
 
 def test_keepalived_peers_priority_and_virtual_address_per_node(layout: HomeLayout) -> None:
-    result = Renderer(layout).render(sample_cluster())
+    result = render_sample(layout, sample_cluster())
     master = (result.directory / "keepalived/misty-owl.conf").read_text()
     backup = (result.directory / "keepalived/quiet-fox.conf").read_text()
     assert "priority 150" in master and "priority 99" in backup
@@ -102,7 +102,7 @@ def test_api_mode_provider_gets_notify_script_and_no_virtual_address(
 ) -> None:
     monkeypatch.setenv("DIGITALOCEAN_FAILOVER_TOKEN", "dop_v1_failover")
     cluster = sample_cluster(node_provider="digitalocean")
-    text = (Renderer(layout).render(cluster).directory / "keepalived/misty-owl.conf").read_text()
+    text = (render_sample(layout, cluster).directory / "keepalived/misty-owl.conf").read_text()
     # The Reserved IP is moved by the API, never carried by VRRP; keepalived 2.x still needs one
     # address per instance, so the MASTER holds only a host-local marker on lo.
     assert cluster.reserved_ip is not None and cluster.reserved_ip.address not in text
@@ -142,8 +142,9 @@ def test_missing_template_variable_is_a_clear_error(layout: HomeLayout, tmp_path
     import jinja2
 
     renderer.env.loader = jinja2.FileSystemLoader([str(broken), str(renderer.roles_dir)])
+    cluster = sample_cluster()
     with pytest.raises(RenderError, match="haproxy_no_such"):
-        renderer.render(sample_cluster())
+        renderer.render(cluster, inputs=render_inputs(layout, cluster))
     assert not layout.deploy_config_dir("demo").exists()
 
 
@@ -214,7 +215,7 @@ def test_bootstrap_reads_each_roles_files_from_the_manifest(layout: HomeLayout) 
 
 
 def test_every_config_in_the_manifest_carries_its_node_check(layout: HomeLayout) -> None:
-    manifest = json.loads(Renderer(layout).render(sample_cluster()).manifest_path.read_text())
+    manifest = json.loads(render_sample(layout, sample_cluster()).manifest_path.read_text())
     checks = {e["source"]: e["validate"] for e in manifest["files"]}
     assert checks["haproxy/haproxy.cfg"] == "haproxy -c -q -f %s"
     assert checks["firewall/dynia-firewall.nft"] == "nft -c -f %s"
