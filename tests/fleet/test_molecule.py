@@ -81,11 +81,14 @@ def test_molecule_scenario(scenario: str, node_image: str, tmp_path: Path) -> No
     before = _docker_names(prefix)
     ephemeral = tmp_path / "molecule"
     started = time.monotonic()
+    result = None
     try:
         result = _molecule(["test", "-s", scenario], ephemeral, SCENARIO_TIMEOUT)
     finally:
-        # A run killed by the timeout never reached its own destroy step.
-        _molecule(["destroy", "-s", scenario], ephemeral, 300)
+        # A passed run ended with its own successful destroy step; a failed one may not have
+        # reached it, and a run killed by the timeout certainly did not.
+        if result is None or result.returncode != 0:
+            _molecule(["destroy", "-s", scenario], ephemeral, 300)
     print(f"molecule test -s {scenario}: {time.monotonic() - started:.1f} s")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
