@@ -7,6 +7,7 @@ point elsewhere, and the cluster's certificate.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from dynia.providers import node_provider_traits
 from dynia.providers.credentials import Secret, lookup_token
 from dynia.render import variables
 from dynia.render.renderer import (
+    MANIFEST_SCHEMA,
     RENDER_MARKER,
     Renderer,
     RenderInputs,
@@ -88,6 +90,27 @@ def _render_and_validate(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return RenderReport(renderer.render(cluster, target, inputs=inputs), validations)
+
+
+def rendered_manifest_schema(layout: HomeLayout, cluster: Cluster) -> int | None:
+    """The manifest schema of the cluster's deploy-config; None when there is none to read."""
+    try:
+        manifest = json.loads(
+            (layout.deploy_config_dir(cluster.name) / "metadata.json").read_text()
+        )
+    except (OSError, ValueError):
+        return None
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    return schema if isinstance(schema, int) else None
+
+
+def is_current(layout: HomeLayout, cluster: Cluster) -> bool:
+    """Whether deploy-config exists and was rendered with this version's manifest schema.
+
+    The roles read each file's check and each component's reload order from the manifest; a
+    folder an older Dynia rendered has neither, so it is rendered again before it is used.
+    """
+    return rendered_manifest_schema(layout, cluster) == MANIFEST_SCHEMA
 
 
 def render_inputs(layout: HomeLayout, cluster: Cluster) -> RenderInputs:

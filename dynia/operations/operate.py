@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynia.errors import UsageError
-from dynia.operations import certificates, infra, rollout
+from dynia.operations import certificates, deploy_config, infra, rollout
 from dynia.operations.clusters import (
     cluster_transaction,
     get_cluster,
@@ -15,17 +15,14 @@ from dynia.operations.clusters import (
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.rollout import DriftReport
 from dynia.operations.run_context import RunContext
+from dynia.state.models import Cluster
 
 
 def sync(ctx: RunContext) -> DriftReport:
     """Roll deploy-config out as rendered, then confirm no drift remains."""
     with cluster_transaction(ctx.store, ctx.cluster_option, "dynia sync") as (txn, cluster):
         require_provisioned(cluster)
-        if not (ctx.layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
-            raise UsageError(
-                f"no deploy-config for cluster {cluster.name!r} yet",
-                hint="run `dynia render` first",
-            )
+        _require_current_deploy_config(ctx, cluster)
         ctx.progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), one at a time")
         return rollout.sync_and_verify(ctx, cluster, persist=txn.save, render=False)
 
@@ -35,9 +32,25 @@ def drift_check(ctx: RunContext) -> DriftReport:
     state = ctx.store.load()
     cluster = get_cluster(state, resolve_cluster_name(state, ctx.cluster_option))
     require_provisioned(cluster)
-    if not (ctx.layout.deploy_config_dir(cluster.name) / "metadata.json").exists():
+    if not deploy_config.is_current(ctx.layout, cluster):
         render_cluster(ctx.layout, cluster)
     return rollout.compare_nodes(ctx, cluster)
+
+
+def _require_current_deploy_config(ctx: RunContext, cluster: Cluster) -> None:
+    """`dynia sync` rolls out deploy-config as it is; it must be there and readable by the roles."""
+    schema = deploy_config.rendered_manifest_schema(ctx.layout, cluster)
+    if schema is None:
+        raise UsageError(
+            f"no deploy-config for cluster {cluster.name!r} yet",
+            hint="run `dynia render` first",
+        )
+    if not deploy_config.is_current(ctx.layout, cluster):
+        raise UsageError(
+            f"deploy-config of cluster {cluster.name!r} was rendered by another Dynia version "
+            f"(manifest schema {schema}, this version writes {deploy_config.MANIFEST_SCHEMA})",
+            hint="run `dynia render` (or `dynia repair --force`), then `dynia sync`",
+        )
 
 
 @dataclass

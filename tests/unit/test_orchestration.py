@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from dynia.providers.base import (
     ReservedIpInfo,
 )
 from dynia.providers.local.dns import LocalDnsProvider
+from dynia.render.renderer import MANIFEST_SCHEMA
 from dynia.runner import PlaybookResult, ProgressEvent, run_playbook
 from dynia.runner.events import DRIFT_KEY, EventCollector
 from dynia.state import StateStore
@@ -429,6 +431,21 @@ def test_sync_without_deploy_config_runs_nothing(rig: Rig) -> None:
     assert rig.runner.runs == []
 
 
+def rewrite_manifest_schema(rig: Rig, schema: int) -> None:
+    manifest_path = rig.layout.deploy_config_dir("demo") / "metadata.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["schema"] = schema
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_sync_of_a_deploy_config_an_older_version_rendered_runs_nothing(rig: Rig) -> None:
+    rewrite_manifest_schema(rig, 1)
+    with pytest.raises(UsageError, match="manifest schema 1") as caught:
+        operate.sync(rig.ctx)
+    assert "dynia render" in (caught.value.hint or "")
+    assert rig.runner.runs == []
+
+
 def test_failed_sync_stops_the_roll_and_changes_no_node_status(rig: Rig) -> None:
     rig.runner.failing["sync.yml"] = {"amber-elk"}
     with pytest.raises(RunnerError, match="amber-elk"):
@@ -459,6 +476,13 @@ def test_drift_check_renders_a_missing_deploy_config_first(rig: Rig) -> None:
     assert operate.drift_check(rig.ctx).clean
     assert (rig.layout.deploy_config_dir("demo") / "metadata.json").is_file()
     assert rig.runner.calls() == [("drift-check.yml", None)]
+
+
+def test_drift_check_renders_a_deploy_config_an_older_version_rendered(rig: Rig) -> None:
+    rewrite_manifest_schema(rig, 1)
+    assert operate.drift_check(rig.ctx).clean
+    manifest = json.loads((rig.layout.deploy_config_dir("demo") / "metadata.json").read_text())
+    assert manifest["schema"] == MANIFEST_SCHEMA
 
 
 # --- dynia deploy ----------------------------------------------------------------------------
