@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynia.endpoints import PRIVATE, check_endpoint
@@ -129,9 +129,8 @@ def render_inputs(layout: HomeLayout, cluster: Cluster) -> RenderInputs:
     if mode != "api" or cluster.reserved_ip is None or not cluster.nodes:
         return inputs
     token = node_token(cluster)
-    return RenderInputs(
-        reserved_ip_mode=mode,
-        tls_certificate=inputs.tls_certificate,
+    return replace(
+        inputs,
         failover_token_file=None if token is None else token.reveal().encode() + b"\n",
         digitalocean_api_url=_endpoint(
             DIGITALOCEAN_API_URL_ENV, variables.DEFAULT_DIGITALOCEAN_API_URL

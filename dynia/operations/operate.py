@@ -45,7 +45,7 @@ def _require_current_deploy_config(ctx: RunContext, cluster: Cluster) -> None:
             f"no deploy-config for cluster {cluster.name!r} yet",
             hint="run `dynia render` first",
         )
-    if not deploy_config.is_current(ctx.layout, cluster):
+    if schema != deploy_config.MANIFEST_SCHEMA:
         raise UsageError(
             f"deploy-config of cluster {cluster.name!r} was rendered by another Dynia version "
             f"(manifest schema {schema}, this version writes {deploy_config.MANIFEST_SCHEMA})",

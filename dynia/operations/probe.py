@@ -13,7 +13,7 @@ from dynia import ssh
 from dynia.errors import VerifyError
 from dynia.operations.verify import verify_route
 from dynia.paths import HomeLayout
-from dynia.providers import get_node_provider
+from dynia.providers import node_provider_traits
 from dynia.providers.base import DnsProvider
 from dynia.render.variables import master_marker
 from dynia.ssh import SshError
@@ -44,7 +44,7 @@ class LiveProbe:
         """The Reserved IP itself, or in API mode the MASTER's marker on lo."""
         if cluster.reserved_ip is None or not node.public_ip:
             return False
-        api_mode = get_node_provider(cluster.node_provider, layout).reserved_ip_mode == "api"
+        api_mode = node_provider_traits(cluster.node_provider).reserved_ip_mode == "api"
         address = master_marker(cluster) if api_mode else cluster.reserved_ip.address
         try:
             done = ssh.run_ssh(
