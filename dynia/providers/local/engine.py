@@ -68,7 +68,8 @@ class Docker:
                 hint="check that the Docker engine is healthy (`docker info`)",
             ) from exc
         if check and result.returncode != 0:
-            raise self._error(args, result.stderr.decode(errors="replace").strip())
+            stderr = result.stderr.decode(errors="replace").strip()
+            raise self._error(args, stderr or f"exit code {result.returncode}, no error output")
         return result
 
     def text(self, args: Sequence[str], **kwargs: Any) -> str:

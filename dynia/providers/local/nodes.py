@@ -32,6 +32,8 @@ LABEL_NODE = "dynia.node"
 LABEL_KIND = "dynia.kind"
 NODE_INTERFACE = "eth0"
 RESERVED_IP_HOST = 250  # host part of the Reserved IP, outside the range containers get
+# How long a freshly started node may refuse the SSH key copy before that counts as a failure.
+AUTHORIZE_WINDOW_SECONDS = 20.0
 SUBNET_POOLS = ("10.213.0.0/16", "172.29.0.0/16", "192.168.224.0/19")
 _NAMES = {
     # Node names become hostnames; cluster names only Docker object names (which allow "_").
@@ -300,8 +302,22 @@ class LocalNodeProvider:
 
     def _authorize(self, name: str, public_key: str) -> None:
         script = "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys"
-        line = public_key.strip() + "\n"
-        self.docker.run(["exec", "-i", name, "sh", "-c", script], input_data=line.encode())
+        line = public_key.strip().encode() + b"\n"
+
+        def copy_key() -> bool:
+            self.docker.run(["exec", "-i", name, "sh", "-c", script], input_data=line)
+            return True
+
+        # Right after `docker run`, systemd in the node is still setting the container up, and on
+        # a busy host an exec can fail then without a word; it succeeds a moment later. A node
+        # that keeps refusing past the window raises the last failure.
+        wait_until(
+            copy_key,
+            timeout=AUTHORIZE_WINDOW_SECONDS,
+            interval=0.5,
+            what=f"the SSH key copy into {name}",
+            retry_on=(DockerCommandError,),
+        )
 
     def _wait_ready(
         self, spec: NodeSpec, name: str, network: NetworkInfo, created: bool
