@@ -37,7 +37,7 @@ def local_fleet(
     *,
     image: str | None = None,
     names: Sequence[str] | None = None,
-    ready_timeout: float = 90.0,
+    ready_timeout: float = 180.0,
     prefix: str | None = None,
 ) -> Iterator[Fleet]:
     """Start ``count`` nodes under a unique prefix; always remove them (and their key) after."""
@@ -76,7 +76,7 @@ def local_nodes(node_image: str) -> Iterator[Callable[..., Fleet]]:
     with contextlib.ExitStack() as stack:
 
         def start(
-            count: int, names: Sequence[str] | None = None, ready_timeout: float = 90.0
+            count: int, names: Sequence[str] | None = None, ready_timeout: float = 180.0
         ) -> Fleet:
             fleet = local_fleet(count, image=node_image, names=names, ready_timeout=ready_timeout)
             return stack.enter_context(fleet)
