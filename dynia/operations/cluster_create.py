@@ -27,8 +27,6 @@ from dynia.state.models import (
     validate_name,
 )
 
-MAX_NODES = 9
-
 
 @dataclass(frozen=True)
 class CreateRequest:
@@ -49,11 +47,7 @@ def _validate(request: CreateRequest) -> None:
         validate_name("cluster", request.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if not 1 <= request.nodes <= MAX_NODES:
-        raise UsageError(
-            f"--nodes must be between 1 and {MAX_NODES}, got {request.nodes}",
-            hint="use 2 or more nodes for failover; 3 is the usual choice",
-        )
+    infra.check_node_count(request.nodes)
     check_slug("--region", request.region)
     check_slug("--size", request.size)
     check_node_provider(request.node_provider)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from dynia import naming, ssh
+from dynia.errors import UsageError
 from dynia.operations import certificates, host_keys, rollout
 from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
@@ -37,6 +38,15 @@ STEP_SYNC = "sync"
 STEP_ATTACH = "reserved-ip-attached"
 STEP_ROLLOUT_STARTED = "rollout-started"
 
+# keepalived's lowest priority a node may run (0 means "leaving" in VRRP).
+LOWEST_PRIORITY = 1
+# The bound the design really has is keepalived's priority range: the MASTER runs MASTER_PRIORITY
+# and every backup a priority of its own, from BACKUP_PRIORITY down to LOWEST_PRIORITY, which is
+# the order backups take over in. Nothing else binds earlier: keepalived's unicast peers and
+# HAProxy's servers have no count limit, a local cluster's /24 leaves 125 node addresses, and
+# DigitalOcean's droplet limit is the account's own (the API refuses the droplet past it).
+MAX_NODES = BACKUP_PRIORITY - LOWEST_PRIORITY + 2
+
 
 def ensure_keys(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> str:
     """The cluster's SSH key pair (made once); returns the public key line."""
@@ -55,6 +65,24 @@ def write_known_hosts(layout: HomeLayout, cluster: Cluster) -> None:
     )
 
 
+def check_node_count(count: int) -> None:
+    """Refuse a cluster size the design cannot bear, saying which bound and what to do."""
+    if count < 1:
+        raise UsageError(
+            f"--nodes must be at least 1, got {count}",
+            hint="use 2 or more nodes for failover; 3 is the usual choice",
+        )
+    if count > MAX_NODES:
+        raise UsageError(
+            f"a cluster holds at most {MAX_NODES} nodes, not {count}: keepalived gives every "
+            f"node a VRRP priority of its own (the MASTER {MASTER_PRIORITY}, the backups "
+            f"{BACKUP_PRIORITY} down to {LOWEST_PRIORITY}), which leaves room for "
+            f"{MAX_NODES - 1} backups",
+            hint=f"keep this cluster at {MAX_NODES} nodes or fewer; for more servers, create a "
+            "second cluster (it has its own Reserved IP and can serve the same services)",
+        )
+
+
 def next_priority(cluster: Cluster) -> int:
     if not cluster.nodes:
         return MASTER_PRIORITY
@@ -63,7 +91,17 @@ def next_priority(cluster: Cluster) -> int:
 
 
 def plan_nodes(txn: Transaction, cluster: Cluster, count: int) -> list[Node]:
-    """Choose and save names for nodes not yet created, so a re-run asks for the same ones."""
+    """Choose and save names for nodes not yet created, so a re-run asks for the same ones.
+
+    Removed nodes leave gaps in the backups' priorities: when the next one would fall below
+    LOWEST_PRIORITY, the backups are numbered down from BACKUP_PRIORITY again first (the roll
+    that follows carries the new priorities to every node).
+    """
+    check_node_count(count)
+    new = count - len(cluster.nodes)
+    master = cluster.master
+    if master is not None and new > 0 and next_priority(cluster) - (new - 1) < LOWEST_PRIORITY:
+        set_priorities(cluster, master.name)
     while len(cluster.nodes) < count:
         name = naming.new_node_name(set(cluster.nodes))
         cluster.nodes[name] = Node(

@@ -145,6 +145,10 @@ def test_cluster_list_and_show_json_shapes(tmp_path: Path) -> None:
         (["cluster", "create", "--name", "Bad_Name", "--plan-only"], "invalid cluster name"),
         (["cluster", "create", "--name", "ok", "--nodes", "0", "--plan-only"], "--nodes"),
         (
+            ["cluster", "create", "--name", "ok", "--nodes", "102", "--plan-only"],
+            "at most 101 nodes, not 102: keepalived gives every node a VRRP priority",
+        ),
+        (
             ["cluster", "create", "--name", "ok", "--node-provider", "aws", "--plan-only"],
             "unknown node provider",
         ),
@@ -161,6 +165,12 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
     assert done.returncode != 0
     assert message in done.stderr
     assert (tmp_path / "state.json").read_bytes() == before
+
+
+def test_a_cluster_may_plan_as_many_nodes_as_keepalived_has_priorities(tmp_path: Path) -> None:
+    done = dynia(tmp_path, "cluster", "create", "--name", "big", "--nodes", "101", "--plan-only")
+    assert done.returncode == 0, done.stderr
+    assert "Planned cluster big (101 nodes)" in done.stdout + done.stderr
 
 
 def test_corrupt_state_is_named_and_never_overwritten(tmp_path: Path) -> None:
