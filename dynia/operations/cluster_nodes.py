@@ -29,7 +29,7 @@ def _node(cluster: Cluster, name: str) -> Node:
 
 
 def add_node(ctx: RunContext) -> Node:
-    """Create one node, then re-render and roll out so every peer list includes it.
+    """Create one node, then bootstrap it and roll out once so every peer list includes it.
 
     A node planned, created or half-joined by an interrupted run is finished instead of adding
     another.
@@ -37,11 +37,13 @@ def add_node(ctx: RunContext) -> Node:
     command = "dynia cluster node add"
     with cluster_transaction(ctx.store, ctx.cluster_option, command) as (txn, cluster):
         require_provisioned(cluster)
-        provider = ctx.node_provider(cluster)
-        public_key = infra.ensure_keys(ctx.layout, txn, cluster)
         unfinished = sorted(
             n.name for n in cluster.nodes.values() if n.status in (NODE_PROVISIONING, NODE_JOINING)
         )
+        if not unfinished:
+            infra.check_node_count(len(cluster.nodes) + 1)
+        provider = ctx.node_provider(cluster)
+        public_key = infra.ensure_keys(ctx.layout, txn, cluster)
         if unfinished:
             ctx.progress(f"Finishing node(s) an interrupted run started: {', '.join(unfinished)}")
         else:
@@ -49,7 +51,7 @@ def add_node(ctx: RunContext) -> Node:
         infra.create_planned_nodes(
             ctx, txn, cluster, provider, public_key, created_status=NODE_JOINING
         )
-        _join(ctx, cluster, ",".join(unfinished))
+        _join(ctx, cluster, unfinished)
         for name in unfinished:
             cluster.nodes[name].status = NODE_READY
         txn.save()
@@ -61,18 +63,29 @@ def add_node(ctx: RunContext) -> Node:
 _HOLD_VRRP = ["keepalived"]
 
 
-def _join(ctx: RunContext, cluster: Cluster, joining: str) -> None:
-    """Serve on the new node first, then let its peers route to it, then start its VRRP."""
+def join_roll_hosts(joining: list[str]) -> str:
+    """sync.yml's host pattern for a join: the new nodes first, then backups, the MASTER last.
+
+    Ansible keeps a union pattern's order, so the new nodes run their services before any peer's
+    HAProxy lists them. sync.yml holds keepalived on a node that has no VRRP file yet and starts
+    it in its second play, once every peer, the MASTER last, advertises to the new node.
+    """
+    return ":".join([*joining, "backup", "master"])
+
+
+def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> None:
+    """Bootstrap the new node, then one roll: it first, its peers next, its VRRP last."""
     ctx.progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
     render_cluster(ctx.layout, cluster)
     hold = {"dynia_bootstrap_hold_components": _HOLD_VRRP}
-    rollout.run(ctx, cluster, "bootstrap.yml", extra_vars=hold, limit=joining)
+    rollout.run(ctx, cluster, "bootstrap.yml", extra_vars=hold, limit=",".join(joining))
     _ship_images(ctx, cluster)
-    ctx.progress("Starting the services on the new node before any HAProxy routes to it")
-    hold = {"dynia_sync_hold_components": _HOLD_VRRP}
-    rollout.run(ctx, cluster, "sync.yml", extra_vars=hold, limit=joining)
-    ctx.progress("Rolling sync: peers learn the new node one at a time, then its keepalived starts")
-    rollout.run(ctx, cluster, "sync.yml")  # deploy-config is already rendered
+    ctx.progress(
+        "Rolling sync: the new node serves first, then its peers route to it one at a time, "
+        "then its keepalived starts"
+    )
+    hosts = {"dynia_sync_hosts": join_roll_hosts(joining)}
+    rollout.run(ctx, cluster, "sync.yml", extra_vars=hosts)  # deploy-config is already rendered
 
 
 def _ship_images(ctx: RunContext, cluster: Cluster) -> None:

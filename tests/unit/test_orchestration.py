@@ -28,7 +28,7 @@ from sample_state import WEB_COMPOSE, sample_cluster, save_sample
 from dynia import pki
 from dynia.cli.context_obj import AppContext
 from dynia.errors import DriftError, ProviderError, RunnerError, UsageError, VerifyError
-from dynia.operations import certificates, cluster_nodes, operate
+from dynia.operations import certificates, cluster_nodes, infra, operate
 from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.cluster_delete import delete_cluster
 from dynia.operations.deploy import DeployRequest, bind_route, deploy_service, unbind_route
@@ -119,7 +119,7 @@ class RecordingRunner:
         if self.interrupt == playbook:
             self.interrupt = None
             raise KeyboardInterrupt  # what run_playbook raises when the run was cancelled
-        targets = inventory_nodes(Path(project_dir), playbook, limit)
+        targets = inventory_nodes(Path(project_dir), playbook, limit, run.extra_vars)
         collector = EventCollector(targets, on_event)
         failed = self._play(run, targets, collector)
         collector(stats_event(run.hosts, failed, changed=playbook in CHANGING))
@@ -156,17 +156,30 @@ class RecordingRunner:
         return [(run.playbook, run.limit) for run in self.runs]
 
 
-def inventory_nodes(project_dir: Path, playbook: str, limit: str | None) -> list[str]:
-    """The nodes the project's inventory yields now, as the dynia inventory plugin reads them."""
+def inventory_nodes(
+    project_dir: Path, playbook: str, limit: str | None, extra_vars: dict[str, Any]
+) -> list[str]:
+    """The nodes the project's inventory yields now, as the dynia inventory plugin reads them.
+
+    sync.yml's ``dynia_sync_hosts`` pattern is followed as Ansible does: a union keeps the order
+    of its terms, each host once.
+    """
     config = yaml.safe_load((project_dir / INVENTORY_FILE).read_text())
     state = StateStore(Path(config["home"])).load()
     nodes = state.clusters[config["cluster"]].nodes
     names = sorted(nodes)
     if limit:
         names = [name for name in names if name in limit.split(",")]
-    if playbook == "sync.yml":  # hosts: backup:master, serial 1
-        names.sort(key=lambda name: nodes[name].priority >= MASTER_PRIORITY)
-    return names
+    if playbook != "sync.yml":
+        return names
+    groups = {
+        "backup": [name for name in names if nodes[name].priority < MASTER_PRIORITY],
+        "master": [name for name in names if nodes[name].priority >= MASTER_PRIORITY],
+    }
+    ordered: list[str] = []  # hosts: dynia_sync_hosts (default backup:master), serial 1
+    for term in extra_vars.get("dynia_sync_hosts", "backup:master").split(":"):
+        ordered += [n for n in groups.get(term, [term]) if n in names and n not in ordered]
+    return ordered
 
 
 def task_event(kind: str, host: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -867,7 +880,9 @@ def test_activating_a_node_that_fails_its_health_check_changes_nothing(rig: Rig)
     assert rig.ctx.store.path.read_bytes() == before
 
 
-def test_adding_a_node_serves_on_it_before_its_peers_route_to_it(rig: Rig) -> None:
+def test_adding_a_node_is_one_roll_that_serves_on_it_before_its_peers_route_to_it(
+    rig: Rig,
+) -> None:
     node = cluster_nodes.add_node(rig.ctx)
 
     assert rig.provider.created == [node.name]
@@ -876,17 +891,14 @@ def test_adding_a_node_serves_on_it_before_its_peers_route_to_it(rig: Rig) -> No
         f"created {new}",
         f"bootstrap.yml {new}",
         f"images of web to {','.join(sorted([new, 'amber-elk', 'misty-owl', 'quiet-fox']))}",
-        f"sync.yml {new}",
         "sync.yml all",
     ]
-    held = [run.extra_vars for run in rig.runner.runs[:2]]
-    assert held == [
-        {"dynia_bootstrap_hold_components": ["keepalived"]},
-        {"dynia_sync_hold_components": ["keepalived"]},
-    ]
+    bootstrap, roll = rig.runner.runs
+    assert bootstrap.extra_vars == {"dynia_bootstrap_hold_components": ["keepalived"]}
+    # The new node first (its services answer before a peer routes to it), the MASTER last.
+    assert roll.hosts == [new, "amber-elk", "quiet-fox", "misty-owl"]
     cluster = rig.cluster()
     assert cluster.nodes[new].status == NODE_READY and cluster.nodes[new].priority == 98
-    assert rig.runner.runs[-1].hosts[-1] == "misty-owl"  # the MASTER learns it last
 
 
 def test_an_interrupted_add_is_finished_by_the_next_one_not_repeated(rig: Rig) -> None:
@@ -901,9 +913,40 @@ def test_an_interrupted_add_is_finished_by_the_next_one_not_repeated(rig: Rig) -
 
     assert node.name == joining[0].name
     assert rig.provider.created == [node.name]  # created once
-    assert [call[0] for call in rig.runner.calls()] == ["bootstrap.yml", "sync.yml", "sync.yml"]
+    assert [run.playbook for run in rig.runner.runs] == ["bootstrap.yml", "sync.yml"]
+    assert rig.runner.runs[1].hosts[0] == node.name
     assert len(rig.cluster().nodes) == 4
     assert rig.cluster().nodes[node.name].status == NODE_READY
+
+
+def test_adding_a_node_past_the_priority_range_is_refused_before_anything_is_made(
+    rig: Rig,
+) -> None:
+    with rig.ctx.store.transaction("test: a cluster at the size limit") as txn:
+        nodes = txn.state.clusters["demo"].nodes
+        for index in range(infra.MAX_NODES - len(nodes)):
+            name, address = f"extra-{index}", f"172.30.10.{index + 1}"
+            nodes[name] = Node(name, f"x{index}", address, address, 98 - index, "ready")
+    before = rig.ctx.store.path.read_bytes()
+
+    with pytest.raises(UsageError) as refused:
+        cluster_nodes.add_node(rig.ctx)
+
+    assert f"at most {infra.MAX_NODES} nodes" in str(refused.value)
+    assert "VRRP priority" in str(refused.value) and "second cluster" in (refused.value.hint or "")
+    assert rig.provider.created == [] and rig.runner.runs == []
+    assert rig.ctx.store.path.read_bytes() == before
+
+
+def test_a_node_added_below_the_lowest_priority_renumbers_the_backups(rig: Rig) -> None:
+    with rig.ctx.store.transaction("test: removals left the backups at the bottom") as txn:
+        nodes = txn.state.clusters["demo"].nodes
+        nodes["amber-elk"].priority, nodes["quiet-fox"].priority = 2, 1
+
+    node = cluster_nodes.add_node(rig.ctx)
+
+    priorities = {name: n.priority for name, n in rig.cluster().nodes.items()}
+    assert priorities == {"misty-owl": 150, "amber-elk": 100, "quiet-fox": 99, node.name: 98}
 
 
 # --- dynia cluster create --------------------------------------------------------------------
