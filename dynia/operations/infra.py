@@ -44,7 +44,7 @@ LOWEST_PRIORITY = 1
 # and every backup a priority of its own, from BACKUP_PRIORITY down to LOWEST_PRIORITY, which is
 # the order backups take over in. Nothing else binds earlier: keepalived's unicast peers and
 # HAProxy's servers have no count limit, a local cluster's /24 leaves 125 node addresses, and
-# DigitalOcean's droplet limit is the account's own (the API refuses the droplet past it).
+# DigitalOcean's droplet limit is the account's own (NodeProvider.check_room checks it).
 MAX_NODES = BACKUP_PRIORITY - LOWEST_PRIORITY + 2
 
 
@@ -128,6 +128,8 @@ def create_planned_nodes(
     pending = sorted(
         (n for n in cluster.nodes.values() if n.status == NODE_PROVISIONING), key=lambda n: n.name
     )
+    if pending:  # the account's limits are checked before the first node is made
+        provider.check_room(cluster.name, [n.name for n in pending])
     for index, node in enumerate(pending, start=1):
         progress(f"  node {index}/{len(pending)} {node.name}: creating")
         started = time.monotonic()

@@ -54,6 +54,14 @@ class NodeProvider(Protocol):
 
     def delete_network(self, cluster: str) -> None: ...
 
+    def check_room(self, cluster: str, nodes: list[str]) -> None:
+        """Refuse, before any is made, nodes of ``cluster`` the account has no room for.
+
+        ``nodes`` are names about to be created; those that already exist (an interrupted run
+        made them) take no more room.
+        """
+        ...
+
     def create_node(self, spec: NodeSpec) -> ProvisionedNode:
         """Create (or find, by cluster and name) a node and wait until SSH answers."""
         ...

@@ -253,6 +253,24 @@ def test_quota_on_create_is_actionable_and_leaves_nothing_a_rerun_trips_on(
     assert sorted(d["name"] for d in fake.droplets.values()) == ["prod-ash-elk", "prod-bold-fox"]
 
 
+def test_nodes_past_the_account_droplet_limit_are_refused_before_any_is_made(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
+) -> None:
+    fake.droplet_limit = 3
+    provider.create_node(_spec("ash-elk", key, cluster="other"))
+    provider.create_node(_spec("bold-fox", key))
+
+    with pytest.raises(ProviderError) as caught:
+        provider.check_room("prod", ["bold-fox", "cold-owl", "dark-yak"])
+    assert "has 2 of its 3 droplets" in caught.value.message
+    assert "2 more for cluster prod" in caught.value.message
+    assert "droplet limit" in (caught.value.hint or "") and "--nodes" in (caught.value.hint or "")
+    assert len(fake.droplets) == 2
+
+    provider.check_room("prod", ["bold-fox", "cold-owl"])  # bold-fox exists: one more fits
+    provider.check_room("prod", ["bold-fox"])
+
+
 def test_an_action_that_never_completes_is_a_bounded_clear_error(
     fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
 ) -> None:

@@ -275,6 +275,9 @@ class InMemoryNodeProvider:
     def delete_network(self, cluster: str) -> None:
         self.journal.append("network deleted")
 
+    def check_room(self, cluster: str, nodes: list[str]) -> None:
+        self.journal.append(f"room checked for {','.join(nodes)}")
+
     def create_node(self, spec: NodeSpec) -> ProvisionedNode:
         for node in self.nodes.values():
             if node.name == spec.name:
@@ -888,6 +891,7 @@ def test_adding_a_node_is_one_roll_that_serves_on_it_before_its_peers_route_to_i
     assert rig.provider.created == [node.name]
     new = node.name
     assert rig.journal == [
+        f"room checked for {new}",
         f"created {new}",
         f"bootstrap.yml {new}",
         f"images of web to {','.join(sorted([new, 'amber-elk', 'misty-owl', 'quiet-fox']))}",

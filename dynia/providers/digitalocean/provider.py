@@ -47,6 +47,7 @@ from dynia.errors import ProviderError
 from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
 from dynia.providers.credentials import Secret
 from dynia.providers.digitalocean.api import (
+    QUOTA_HINT,
     ApiError,
     DigitalOceanApi,
     Progress,
@@ -80,6 +81,16 @@ class _HostKey:
     def tag(self) -> str:
         raw = base64.b64decode(self.public_line.split()[1])[-32:]
         return f"dynia-hostkey-{raw.hex()}"
+
+
+def _whole_number(body: dict[str, Any], key: str, what: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProviderError(
+            f"DigitalOcean answered {what} without a number in {key!r} ({value!r})",
+            hint="re-run the same command; if it repeats check https://status.digitalocean.com",
+        )
+    return value
 
 
 def _generate_host_key() -> _HostKey:
@@ -308,6 +319,25 @@ class DigitalOceanNodeProvider:
     def _find_droplet(self, cluster: str, node: str) -> dict[str, Any] | None:
         tag = f"dynia-node-{node}"
         return next((d for d in self._cluster_droplets(cluster) if tag in d["tags"]), None)
+
+    def check_room(self, cluster: str, nodes: list[str]) -> None:
+        """Compare the account's droplet limit with its droplets and the ones still to make."""
+        existing = {tag for d in self._cluster_droplets(cluster) for tag in d["tags"]}
+        missing = [n for n in nodes if f"dynia-node-{n}" not in existing]
+        if not missing:
+            return
+        what = "reading the account's droplet limit"
+        account = field(self._api.call(what, self._client.account.get), "account", what)
+        limit = _whole_number(account, "droplet_limit", what)
+        what = "counting the account's droplets"
+        listed = self._api.call(what, self._client.droplets.list, per_page=1)
+        used = _whole_number(field(listed, "meta", what), "total", what)
+        if used + len(missing) > limit:
+            raise ProviderError(
+                f"the DigitalOcean account has {used} of its {limit} droplets: "
+                f"{len(missing)} more for cluster {cluster} would pass its droplet limit",
+                hint=QUOTA_HINT,
+            )
 
     def create_node(self, spec: NodeSpec) -> ProvisionedNode:
         droplet = self._find_droplet(spec.cluster, spec.name)

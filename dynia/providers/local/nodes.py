@@ -205,6 +205,9 @@ class LocalNodeProvider:
             self._remove_node_resources(spec.cluster, spec.name)
             raise
 
+    def check_room(self, cluster: str, nodes: list[str]) -> None:
+        """Always room: a cluster's /24 leaves 125 node addresses, more than a cluster holds."""
+
     def list_nodes(self, cluster: str) -> list[ProvisionedNode]:
         names = self.docker.text(
             [
