@@ -63,6 +63,22 @@ def add_node(ctx: RunContext) -> Node:
 _HOLD_VRRP = ["keepalived"]
 
 
+def join_roll_drain(joining: list[str]) -> str:
+    """sync.yml's ``dynia_sync_drain`` for a join, evaluated on each node against its plan.
+
+    No HAProxy routes to a new node yet: draining it would do nothing. A peer learns the new node
+    through its HAProxy, Caddy, keepalived and firewall files, which those programs reload
+    without dropping a connection, so it stays in rotation too (a drain costs two SSH calls per
+    node, for each node in the roll). A peer whose change recreates a service or restarts a
+    program (an interrupted sync left it pending, or its files drifted) is drained as in any sync.
+    """
+    return (
+        f"{{{{ inventory_hostname not in {sorted(joining)!r} and"
+        " (dynia_sync_services | length > 0"
+        " or dynia_sync_reload | rejectattr('state', 'eq', 'reloaded') | list | length > 0) }}"
+    )
+
+
 def join_roll_hosts(joining: list[str]) -> str:
     """sync.yml's host pattern for a join: the new nodes first, then backups, the MASTER last.
 
@@ -84,8 +100,11 @@ def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> None:
         "Rolling sync: the new node serves first, then its peers route to it one at a time, "
         "then its keepalived starts"
     )
-    hosts = {"dynia_sync_hosts": join_roll_hosts(joining)}
-    rollout.run(ctx, cluster, "sync.yml", extra_vars=hosts)  # deploy-config is already rendered
+    roll = {
+        "dynia_sync_hosts": join_roll_hosts(joining),
+        "dynia_sync_drain": join_roll_drain(joining),
+    }
+    rollout.run(ctx, cluster, "sync.yml", extra_vars=roll)  # deploy-config is already rendered
 
 
 def _ship_images(ctx: RunContext, cluster: Cluster) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import jinja2
 import pytest
 import yaml
 from sample_state import WEB_COMPOSE, sample_cluster, save_sample
@@ -899,10 +900,38 @@ def test_adding_a_node_is_one_roll_that_serves_on_it_before_its_peers_route_to_i
     ]
     bootstrap, roll = rig.runner.runs
     assert bootstrap.extra_vars == {"dynia_bootstrap_hold_components": ["keepalived"]}
+    assert roll.extra_vars["dynia_sync_drain"] == cluster_nodes.join_roll_drain([new])
     # The new node first (its services answer before a peer routes to it), the MASTER last.
     assert roll.hosts == [new, "amber-elk", "quiet-fox", "misty-owl"]
     cluster = rig.cluster()
     assert cluster.nodes[new].status == NODE_READY and cluster.nodes[new].priority == 98
+
+
+RELOADED = {"component": "haproxy", "unit": "haproxy", "state": "reloaded"}
+RESTARTED = {"component": "keepalived", "unit": "keepalived", "state": "restarted"}
+
+
+@pytest.mark.parametrize(
+    ("node", "services", "reload", "drained"),
+    [
+        ("new-node", ["service:web"], [RELOADED], False),  # no HAProxy routes to it yet
+        ("amber-elk", [], [RELOADED, {**RELOADED, "component": "caddy"}], False),
+        ("amber-elk", [], [], False),  # nothing changed on it
+        ("amber-elk", ["service:web"], [RELOADED], True),  # a service is recreated
+        ("amber-elk", [], [RELOADED, RESTARTED], True),  # a program restarts
+    ],
+)
+def test_a_join_drains_only_peers_whose_change_disrupts_requests(
+    node: str, services: list[str], reload: list[dict[str, str]], drained: bool
+) -> None:
+    """The roll's drain decision, rendered per node as Ansible renders the extra var."""
+    expression = cluster_nodes.join_roll_drain(["new-node"])
+    facts = {
+        "inventory_hostname": node,
+        "dynia_sync_services": services,
+        "dynia_sync_reload": reload,
+    }
+    assert jinja2.Environment().from_string(expression).render(facts) == str(drained)
 
 
 def test_an_interrupted_add_is_finished_by_the_next_one_not_repeated(rig: Rig) -> None:
