@@ -72,10 +72,12 @@ def join_roll_drain(joining: list[str]) -> str:
     node, for each node in the roll). A peer whose change recreates a service or restarts a
     program (an interrupted sync left it pending, or its files drifted) is drained as in any sync.
     """
+    # The role validates its arguments before it has made the plan: then nothing is decided yet.
     return (
         f"{{{{ inventory_hostname not in {sorted(joining)!r} and"
-        " (dynia_sync_services | length > 0"
-        " or dynia_sync_reload | rejectattr('state', 'eq', 'reloaded') | list | length > 0) }}"
+        " (dynia_sync_services | default([]) | length > 0"
+        " or dynia_sync_reload | default([]) | rejectattr('state', 'eq', 'reloaded')"
+        " | list | length > 0) }}"
     )
 
 
