@@ -45,7 +45,7 @@ LOWEST_PRIORITY = 1
 # the order backups take over in. Nothing else binds earlier: keepalived's unicast peers and
 # HAProxy's servers have no count limit, a local cluster's /24 leaves 125 node addresses, and
 # DigitalOcean's droplet limit is the account's own (NodeProvider.check_room checks it).
-MAX_NODES = BACKUP_PRIORITY - LOWEST_PRIORITY + 2
+MAX_NODES = 1 + (BACKUP_PRIORITY - LOWEST_PRIORITY + 1)  # the MASTER + one backup per priority
 
 
 def ensure_keys(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> str:
