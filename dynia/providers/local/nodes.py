@@ -403,6 +403,10 @@ class LocalNodeProvider:
         result = self.docker.run(
             ["exec", name, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null"], check=False
         )
+        if result.returncode != 0:
+            # Not readable yet (the node is still booting, or the engine refused the exec, which
+            # it reports on stdout): the caller asks again until its deadline.
+            return []
         lines = result.stdout.decode(errors="replace").splitlines()
         return sorted(key_body(line) for line in lines if line.strip())
 
