@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from dynia.cli.batch import batch_option
 from dynia.cli.complete import service_names
 from dynia.cli.context_obj import AppContext
 from dynia.cli.output import warn
 from dynia.operations.deploy import DeployRequest, deploy_service
+from dynia.operations.rollout import parse_batch
 
 
 @click.command("deploy")
@@ -37,6 +39,7 @@ from dynia.operations.deploy import DeployRequest, deploy_service
     help="Port the service listens on inside "
     "its container (default: from the compose file's ports/expose).",
 )
+@batch_option
 @click.pass_obj
 def deploy_command(
     app: AppContext,
@@ -45,19 +48,23 @@ def deploy_command(
     domain: str | None,
     health_path: str,
     container_port: int | None,
+    batch_text: str,
 ) -> None:
     """Create or update a service on every node, one node at a time; optionally bind a domain.
 
     Images that exist only on this machine are copied to the nodes that lack them. Each node
     is drained, updated and health-checked before the next; a failed check restores that node
-    and stops the roll. With --domain, the DNS record to the Reserved IP is created after the
-    rollout and the route is verified end to end (DNS, TLS, health path).
+    and stops the roll; --batch changes several nodes at once after a one-node canary. With
+    --domain, the DNS record to the Reserved IP is created after the rollout and the route is
+    verified end to end (DNS, TLS, health path).
 
     \b
     Example:
       dynia deploy --name web --compose web.yml --domain web.example.com --health-path /healthz
+      dynia deploy --name web --compose web.yml --batch 25%
     """
-    request = DeployRequest(name, compose_path, domain, health_path, container_port)
+    batch = parse_batch(batch_text)
+    request = DeployRequest(name, compose_path, domain, health_path, container_port, batch)
     outcome = deploy_service(app.run_context, request)
     for message in outcome.warnings:
         warn(message)

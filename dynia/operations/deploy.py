@@ -21,6 +21,7 @@ from dynia.operations import certificates, infra, rollout
 from dynia.operations.clusters import get_cluster, require_provisioned, resolve_cluster_name
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.images import ImageTransfer
+from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize
 from dynia.operations.run_context import RunContext
 from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
@@ -48,6 +49,7 @@ class DeployRequest:
     domain: str | None = None
     health_path: str = "/"
     container_port: int | None = None
+    batch: BatchSize = ONE_AT_A_TIME
 
 
 @dataclass
@@ -210,6 +212,7 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
     layout, progress = ctx.layout, ctx.progress
     with ctx.store.transaction("dynia deploy") as txn:
         cluster = _ready_cluster(txn, ctx.cluster_option)
+        plan = rollout.batch_plan(request.batch, len(cluster.nodes))
         dns = dns_provider_for(cluster, layout) if domain else None
         if domain and dns:
             _check_route_free(cluster, domain, request.name)
@@ -226,8 +229,8 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
                 infra.ensure_certificate(layout, txn, cluster)
             progress(f"Copying images of {service.name} to nodes that lack them")
             ctx.images.ship(layout, cluster, [service], progress)
-            progress(f"Rolling out {service.name}, one node at a time")
-            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
+            progress(f"Rolling out {service.name}, {rollout.pace(plan)}")
+            rollout.sync_and_verify(ctx, cluster, persist=txn.save, batch=request.batch)
 
         publish = (
             f"`dynia route bind --domain {domain} --service {service.name}` to create its "

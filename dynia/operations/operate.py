@@ -13,18 +13,19 @@ from dynia.operations.clusters import (
     resolve_cluster_name,
 )
 from dynia.operations.deploy_config import render_cluster
-from dynia.operations.rollout import DriftReport
+from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize, DriftReport
 from dynia.operations.run_context import RunContext
 from dynia.state.models import Cluster
 
 
-def sync(ctx: RunContext) -> DriftReport:
-    """Roll deploy-config out as rendered, then confirm no drift remains."""
+def sync(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
+    """Roll deploy-config out as rendered, ``batch`` nodes at a time; confirm no drift remains."""
     with cluster_transaction(ctx.store, ctx.cluster_option, "dynia sync") as (txn, cluster):
         require_provisioned(cluster)
+        plan = rollout.batch_plan(batch, len(cluster.nodes))
         _require_current_deploy_config(ctx, cluster)
-        ctx.progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), one at a time")
-        return rollout.sync_and_verify(ctx, cluster, persist=txn.save, render=False)
+        ctx.progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), {rollout.pace(plan)}")
+        return rollout.sync_and_verify(ctx, cluster, persist=txn.save, render=False, batch=batch)
 
 
 def drift_check(ctx: RunContext) -> DriftReport:
@@ -76,15 +77,20 @@ def plan_repair(ctx: RunContext) -> RepairPlan:
     return RepairPlan(report, answers, actions)
 
 
-def repair(ctx: RunContext) -> DriftReport:
-    """Re-render, re-run bootstrap and sync with restarts, re-attach the Reserved IP."""
+def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
+    """Re-render, re-run bootstrap and sync with restarts (``batch`` nodes at a time),
+    re-attach the Reserved IP."""
     with cluster_transaction(ctx.store, ctx.cluster_option, "dynia repair") as (txn, cluster):
         require_provisioned(cluster)
+        plan = rollout.batch_plan(batch, len(cluster.nodes))
         provider = ctx.node_provider(cluster)
         ctx.progress("Re-rendering deploy-config")
         render_cluster(ctx.layout, cluster)
-        ctx.progress("Re-applying the node base, configs and services (repair.yml)")
-        rollout.run(ctx, cluster, "repair.yml")
+        ctx.progress(
+            f"Re-applying the node base, configs and services (repair.yml), {rollout.pace(plan)}"
+        )
+        extra_vars = rollout.batch_vars(batch, len(cluster.nodes))
+        rollout.run(ctx, cluster, "repair.yml", extra_vars=extra_vars)
         report = rollout.compare_nodes(ctx, cluster)
         rollout.mark_sync_outcome(cluster, report)
         txn.save()

@@ -2,15 +2,98 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynia.errors import DriftError
+from dynia.errors import DriftError, UsageError
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.run_context import RunContext
 from dynia.runner import PlaybookResult
 from dynia.state.models import NODE_OUT_OF_SYNC, NODE_READY, Cluster
+
+
+@dataclass(frozen=True)
+class BatchSize:
+    """How many nodes a roll changes at once: a count, or a percentage of the nodes.
+
+    The text ``--batch`` takes: ``N`` or ``P%``; see :func:`parse_batch`. One node at a time
+    (the default) is what the specification requires.
+    """
+
+    count: int = 1
+    percent: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.percent}%" if self.percent is not None else str(self.count)
+
+    def nodes(self, node_count: int) -> int:
+        """The nodes of one batch on a cluster of ``node_count`` (a percentage rounds down)."""
+        if self.percent is None:
+            return self.count
+        return max(1, math.floor(node_count * self.percent / 100))
+
+
+ONE_AT_A_TIME = BatchSize()
+_BATCH_RE = re.compile(r"(?P<number>[+-]?[0-9]+)\s*(?P<percent>%?)")
+_BATCH_HINT = (
+    "give a number of nodes (--batch 2) or a percentage of them (--batch 25%); "
+    "the default, 1, rolls one node at a time"
+)
+
+
+def parse_batch(text: str) -> BatchSize:
+    """``--batch`` as typed: ``N`` (N >= 1) or ``P%`` (1 <= P <= 99); anything else is refused."""
+    match = _BATCH_RE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(
+            f"--batch must be a number of nodes or a percentage, got {text!r}", _BATCH_HINT
+        )
+    number = int(match["number"])
+    if match["percent"]:
+        if not 1 <= number <= 99:
+            raise UsageError(
+                f"--batch percentage must be between 1% and 99%, got {text!r}", _BATCH_HINT
+            )
+        return BatchSize(percent=number)
+    if number < 1:
+        raise UsageError(f"--batch must be at least 1, got {text!r}", _BATCH_HINT)
+    return BatchSize(count=number)
+
+
+def batch_plan(batch: BatchSize, node_count: int) -> list[int]:
+    """Ansible's ``serial`` list for a roll of ``node_count`` nodes, ``batch`` at a time.
+
+    The first batch is one node, a canary: a change that breaks it stops the roll with a single
+    node touched. The nodes not in a batch keep serving, so at least ``node_count - batch``
+    nodes, and never none, serve during the roll: a batch as large as the cluster is refused
+    (one node at a time stays allowed on a one-node cluster, which cannot do better).
+    """
+    size = batch.nodes(node_count)
+    if size == 1:
+        return [1]
+    if size >= node_count:
+        raise UsageError(
+            f"--batch {batch} is {size} of the cluster's {node_count} node(s): no node would be "
+            "left serving while a batch changes",
+            hint=f"use a batch of at most {node_count - 1} node(s), or a smaller percentage",
+        )
+    return [1, size]
+
+
+def pace(plan: list[int]) -> str:
+    """How a roll of this ``serial`` plan proceeds, for progress lines."""
+    if plan == [1]:
+        return "one node at a time"
+    return f"a canary node first, then {plan[-1]} nodes at a time"
+
+
+def batch_vars(batch: BatchSize, node_count: int) -> dict[str, Any]:
+    """Extra vars of sync.yml for a roll in batches (none for one node at a time)."""
+    plan = batch_plan(batch, node_count)
+    return {} if plan == [1] else {"dynia_sync_serial": plan}
 
 
 @dataclass
@@ -74,10 +157,17 @@ def run(
     )
 
 
-def render_and_sync(ctx: RunContext, cluster: Cluster, limit: str | None = None) -> PlaybookResult:
+def render_and_sync(
+    ctx: RunContext,
+    cluster: Cluster,
+    limit: str | None = None,
+    batch: BatchSize = ONE_AT_A_TIME,
+) -> PlaybookResult:
     """Render (validated) and run the rolling, health-gated sync."""
     render_cluster(ctx.layout, cluster)
-    return run(ctx, cluster, "sync.yml", limit=limit)
+    return run(
+        ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(cluster.nodes)), limit=limit
+    )
 
 
 def compare_nodes(ctx: RunContext, cluster: Cluster) -> DriftReport:
@@ -135,13 +225,17 @@ def sync_and_verify(
     cluster: Cluster,
     persist: Callable[[], None] | None = None,
     render: bool = True,
+    batch: BatchSize = ONE_AT_A_TIME,
 ) -> DriftReport:
     """Sync and verify: a node whose hashes still differ is marked out-of-sync.
 
     The sync's own comparisons are the verification; drift-check runs only when the sync did
-    not compare every node.
+    not compare every node. ``batch`` nodes change at once (a one-node canary first).
     """
-    result = render_and_sync(ctx, cluster) if render else run(ctx, cluster, "sync.yml")
+    if render:
+        result = render_and_sync(ctx, cluster, batch=batch)
+    else:
+        result = run(ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(cluster.nodes)))
     report = compared_by_sync(cluster, result) or compare_nodes(ctx, cluster)
     drifted = mark_sync_outcome(cluster, report)
     if persist:

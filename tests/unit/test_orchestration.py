@@ -34,6 +34,7 @@ from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.cluster_delete import delete_cluster
 from dynia.operations.deploy import DeployRequest, bind_route, deploy_service, unbind_route
 from dynia.operations.deploy_config import render_cluster
+from dynia.operations.rollout import BatchSize
 from dynia.operations.run_context import RunContext
 from dynia.operations.verify import resolve
 from dynia.paths import INVENTORY_FILE, HomeLayout
@@ -408,6 +409,27 @@ def test_sync_that_compared_every_node_is_its_own_verification(rig: Rig) -> None
     assert {e.host for e in rig.events} == {"amber-elk", "quiet-fox", "misty-owl"}
 
 
+def test_sync_one_node_at_a_time_passes_no_batch_plan(rig: Rig) -> None:
+    operate.sync(rig.ctx)
+    assert rig.runner.runs[0].extra_vars == {}  # sync.yml's own `serial: 1`
+
+
+def test_sync_in_batches_passes_the_canary_first_plan(rig: Rig) -> None:
+    operate.sync(rig.ctx, BatchSize(count=2))
+    assert [(run.playbook, run.extra_vars) for run in rig.runner.runs] == [
+        ("sync.yml", {"dynia_sync_serial": [1, 2]})
+    ]
+    assert any("a canary node first, then 2 nodes at a time" in line for line in rig.progress)
+
+
+def test_sync_with_a_batch_as_large_as_the_cluster_runs_nothing(rig: Rig) -> None:
+    before = rig.ctx.store.path.read_bytes()
+    with pytest.raises(UsageError, match="no node would be left serving"):
+        operate.sync(rig.ctx, BatchSize(count=3))
+    assert rig.runner.runs == []
+    assert rig.ctx.store.path.read_bytes() == before
+
+
 def test_sync_that_left_a_node_uncompared_runs_drift_check(rig: Rig) -> None:
     rig.runner.uncompared = {"quiet-fox"}
     rig.runner.drift["drift-check.yml"] = {"quiet-fox": [DRIFTED]}
@@ -522,6 +544,37 @@ def test_deploy_renders_ships_images_then_syncs_and_the_sync_verifies(
     web = rig.cluster().services["web"]
     assert "dynia-sample-web:2" in web.compose and web.internal_port == 20000
     assert set(web.image_ids) == {"dynia-sample-web:2", "dynia-sample-cache:1"}
+
+
+def test_deploy_in_batches_rolls_out_with_the_plan_and_rolls_back_one_at_a_time(
+    rig: Rig, tmp_path: Path
+) -> None:
+    compose = write_compose(tmp_path, "dynia-sample-web:2")
+    deploy_service(rig.ctx, DeployRequest("web", compose, batch=BatchSize(percent=67)))
+    assert [(run.playbook, run.extra_vars) for run in rig.runner.runs] == [
+        ("sync.yml", {"dynia_sync_serial": [1, 2]})  # 67% of 3 nodes: 2
+    ]
+
+    rig.runner.runs.clear()
+    rig.runner.failing["sync.yml"] = {"misty-owl"}
+    broken = DeployRequest("web", write_compose(tmp_path, "web:broken"), batch=BatchSize(2))
+    with pytest.raises(RunnerError, match="misty-owl"):
+        deploy_service(rig.ctx, broken)
+    assert [(run.playbook, run.limit, run.extra_vars) for run in rig.runner.runs] == [
+        ("sync.yml", None, {"dynia_sync_serial": [1, 2]}),
+        ("sync.yml", "amber-elk,quiet-fox", {}),  # the way back: one node at a time
+    ]
+
+
+def test_deploy_with_a_batch_as_large_as_the_cluster_ships_and_runs_nothing(
+    rig: Rig, tmp_path: Path
+) -> None:
+    before = rig.ctx.store.path.read_bytes()
+    compose = write_compose(tmp_path, "dynia-sample-web:2")
+    with pytest.raises(UsageError, match="no node would be left serving"):
+        deploy_service(rig.ctx, DeployRequest("web", compose, batch=BatchSize(count=3)))
+    assert rig.journal == []  # no image shipped, no playbook run
+    assert rig.ctx.store.path.read_bytes() == before
 
 
 def test_deploy_verifies_with_drift_check_when_the_sync_did_not_compare_every_node(
@@ -766,6 +819,20 @@ def test_repair_records_the_master_keepalived_elected_and_rolls_the_priorities_o
     cluster = rig.cluster()
     assert cluster.master is not None and cluster.master.name == "quiet-fox"
     assert "priority 150" in rig.deployed("keepalived/quiet-fox.conf")
+
+
+def test_repair_in_batches_passes_the_plan_to_repair_yml(rig: Rig) -> None:
+    operate.repair(rig.ctx, BatchSize(count=2))
+    assert [(run.playbook, run.extra_vars) for run in rig.runner.runs] == [
+        ("repair.yml", {"dynia_sync_serial": [1, 2]}),
+        ("drift-check.yml", {}),
+    ]
+
+
+def test_repair_with_a_batch_as_large_as_the_cluster_runs_nothing(rig: Rig) -> None:
+    with pytest.raises(UsageError, match="at most 2 node"):
+        operate.repair(rig.ctx, BatchSize(count=5))
+    assert rig.journal == []
 
 
 def test_repair_check_only_plans_without_changing_anything(rig: Rig) -> None:
