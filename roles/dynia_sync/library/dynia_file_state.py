@@ -1,6 +1,10 @@
 #!/usr/bin/python
-"""Hash, stat and compare many files on a node in one module call (read-only), and work out
-what a sync of the node does: which files it copies, which components it reloads and how.
+"""Hash, stat and compare many files on a node in one module call, and work out what a sync of
+the node does: which files it copies, which components it reloads and how.
+
+Read-only unless asked: a sync also has it write its pending marker when the node is about to
+change, and, once the node is back, remove the backups and the marker before comparing again,
+so that each of those steps costs no round trip of its own.
 
 The planning is pure Python (``plan_sync``) so it is computed once, here, and unit-tested
 (tests/unit/test_dynia_file_state.py), instead of in chains of Jinja filters.
@@ -22,7 +26,8 @@ short_description: Compare files on a node with their expected SHA-256, mode and
 description:
   - Reads every given path in one pass and reports, per path, whether it exists and its
     SHA-256, mode, owner and group, and which paths differ from what is expected.
-  - Never changes anything; safe in check mode.
+  - Changes nothing unless I(mark_pending), I(remove_paths) or I(clear_pending_marker) ask it
+    to; in check mode it never changes anything.
 options:
   node:
     description: Name of the node, copied into each drift entry.
@@ -72,6 +77,21 @@ options:
         reloaded, node maybe still drained): it is reported as drift, with the components it
         names.
     type: str
+  mark_pending:
+    description:
+      - With I(components), write I(pending_marker) (naming the triggered components) when the
+        plan applies anything: the sync is about to change the node.
+    type: bool
+    default: false
+  remove_paths:
+    description: Files to delete before comparing (the backups of a sync that succeeded).
+    type: list
+    elements: str
+    default: []
+  clear_pending_marker:
+    description: Delete I(pending_marker) before comparing (the node is healthy and back).
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -307,6 +327,27 @@ def plan_sync(
     }
 
 
+def write_pending(path: str, components: list[str]) -> None:
+    """Write the pending marker atomically (a half-written marker would name no component)."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"components": components}) + "\n")
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
+def remove_files(paths: list[str]) -> list[str]:
+    """Delete each path that exists; the ones deleted."""
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -317,10 +358,18 @@ def main() -> None:
             "hold_components": {"type": "list", "elements": "str", "default": []},
             "hold_new_components": {"type": "list", "elements": "str", "default": []},
             "force": {"type": "bool", "default": False},
+            "mark_pending": {"type": "bool", "default": False},
+            "remove_paths": {"type": "list", "elements": "str", "default": []},
+            "clear_pending_marker": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     node = module.params["node"]
+    marker = module.params["pending_marker"]
+    removed = []
+    if not module.check_mode:
+        cleared = [marker] if module.params["clear_pending_marker"] and marker else []
+        removed = remove_files(module.params["remove_paths"] + cleared)
     files = files_for_node(module.params["files"], node)
     states, drift = {}, []
     for expected in files:
@@ -337,7 +386,8 @@ def main() -> None:
         drift.append(pending_entry(node, module.params["pending_marker"], pending_components))
     missing_paths = [path for path, state in states.items() if not state["exists"]]
     result = {
-        "changed": False,
+        "changed": bool(removed),
+        "removed": removed,
         "files": states,
         "changed_paths": changed_paths,
         "missing_paths": missing_paths,
@@ -357,6 +407,10 @@ def main() -> None:
             module.params["force"],
             pending,
         )
+        if module.params["mark_pending"] and marker and result["plan"]["apply"]:
+            if not module.check_mode:
+                write_pending(marker, result["plan"]["triggered"])
+            result["changed"] = True
     module.exit_json(**result)
 
 
