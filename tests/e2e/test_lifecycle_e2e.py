@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,9 +50,10 @@ class Env:
     def ca(self) -> Path:
         return self.home / "pki" / "ca.pem"
 
-    def compose(self, version: str, healthy: bool = True) -> Path:
+    def compose(self, version: str, healthy: bool = True, revision: str = "") -> Path:
+        """A compose file serving ``version``; another ``revision`` changes only the file."""
         health = "echo ok > /www/healthz && " if healthy else ""
-        path = self.workdir / f"web-{version}.yml"
+        path = self.workdir / f"web-{version}{revision}.yml"
         path.write_text(
             "services:\n"
             "  web:\n"
@@ -59,6 +61,7 @@ class Env:
             '    command: ["sh", "-c", "mkdir -p /www && '
             f'echo {version} > /www/version && {health}exec httpd -f -p 8080 -h /www"]\n'
             '    expose: ["8080"]\n'
+            + (f'    environment: {{E2E_REVISION: "{revision}"}}\n' if revision else "")
         )
         return path
 
@@ -289,7 +292,35 @@ def holder_of_reserved_ip(env: Env) -> list[str]:
     ]
 
 
-def test_node_add_and_remove_under_load_fail_no_request(env: Env) -> None:
+class ServingSampler:
+    """Counts, every few tenths of a second, the nodes one HAProxy has in rotation (UP)."""
+
+    def __init__(self, env: Env, node: str) -> None:
+        self.env, self.node = env, node
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ServingSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        command = "echo 'show stat' | socat -t 2 stdio unix-connect:/run/haproxy/admin.sock"
+        while not self._stop.is_set():
+            rows = [line.split(",") for line in self.env.node_exec(self.node, command).splitlines()]
+            servers = [r for r in rows if len(r) > 17 and r[0] == "dynia_nodes"]
+            servers = [r for r in servers if r[1] not in ("BACKEND", "FRONTEND")]
+            if servers:
+                self.counts.append(sum(1 for r in servers if r[17] == "UP"))
+            self._stop.wait(0.2)
+
+
+def test_node_add_batch_deploy_and_remove_under_load_fail_no_request(env: Env) -> None:
     before = set(env.state()["nodes"])
     with env.traffic() as load:
         env.run("cluster", "node", "add")
@@ -300,10 +331,23 @@ def test_node_add_and_remove_under_load_fail_no_request(env: Env) -> None:
         assert "Entering BACKUP STATE" in journal
         assert "Entering MASTER STATE" not in journal, journal
         assert env.run("drift-check").returncode == 0
+        # Batches of 2 on 4 nodes: a canary, then 2 nodes at once, never fewer than 2 serving.
+        compose = env.compose("v2", revision="batch")
+        with ServingSampler(env, master_of(env)) as serving:
+            started = time.monotonic()
+            done = env.run("deploy", "--name", "web", "--compose", str(compose), "--batch", "2")
+            batch_seconds = time.monotonic() - started
+        assert "a canary node first, then 2 nodes at a time" in done.stderr
         env.run("cluster", "node", "remove", added)
         time.sleep(1)
-    print(f"\nnode add + remove: {load.report.sent} requests, {load.report.failed} failed")
+    print(
+        f"\nnode add + batch deploy + remove: {load.report.sent} requests, "
+        f"{load.report.failed} failed; deploy --batch 2 of 4 nodes: {batch_seconds:.1f}s, "
+        f"nodes in rotation: min {min(serving.counts)} of {len(serving.counts)} samples"
+    )
     assert load.report.failed == 0, load.report.failures[:5]
+    assert min(serving.counts) >= 2, serving.counts  # never fewer than 4 - 2
+    assert 2 in serving.counts, serving.counts  # two nodes did leave rotation together
     assert set(env.state()["nodes"]) == before
     assert docker_names("container", f"dynia-{env.name}-{added}") == []
 
