@@ -335,7 +335,17 @@ def test_node_add_batch_deploy_and_remove_under_load_fail_no_request(env: Env) -
         compose = env.compose("v2", revision="batch")
         with ServingSampler(env, master_of(env)) as serving:
             started = time.monotonic()
-            done = env.run("deploy", "--name", "web", "--compose", str(compose), "--batch", "2")
+            done = env.run(
+                "deploy",
+                "--name",
+                "web",
+                "--compose",
+                str(compose),
+                "--health-path",
+                "/healthz",
+                "--batch",
+                "2",
+            )
             batch_seconds = time.monotonic() - started
         assert "a canary node first, then 2 nodes at a time" in done.stderr
         env.run("cluster", "node", "remove", added)
