@@ -44,6 +44,7 @@ def sample_cluster(name: str = "demo", node_provider: str = "local") -> Cluster:
         size="small",
         planned_nodes=3,
         status=STATUS_SERVING,
+        image="debian-12" if node_provider == "local" else "debian-13-x64",
         nodes=nodes,
         reserved_ip=ReservedIp("172.30.9.250", "172.30.9.250", "misty-owl"),
         network=Network("dynia-demo", "172.30.9.0/24", "eth0", "172.30.9.1"),

@@ -1,6 +1,6 @@
 """Throwaway fleets of local nodes for tests and Molecule scenarios.
 
-    python tests/testnodes.py up --name PREFIX --count N --dir DIR
+    python tests/testnodes.py up --name PREFIX --count N --dir DIR [--image debian-13]
     python tests/testnodes.py down --name PREFIX --dir DIR
 
 The tests import it (``tests`` is on pytest's pythonpath); the Molecule scenarios run it as a
@@ -84,14 +84,16 @@ def fleet_up(
     *,
     names: Sequence[str] | None = None,
     provider: LocalNodeProvider | None = None,
+    image: str = "",
 ) -> Fleet:
-    """Start ``count`` nodes in cluster ``prefix`` (existing ones are kept and counted).
+    """Start ``count`` nodes in cluster ``prefix`` (existing ones are kept and counted), booting
+    the local node image ``image`` (debian-12, debian-13; "" for the default).
 
     If any node fails, everything of ``prefix`` is removed before the error is raised."""
     directory.mkdir(parents=True, exist_ok=True)
     provider = provider or provider_for(directory)
     try:
-        return _fleet_up(prefix, count, directory, names, provider)
+        return _fleet_up(prefix, count, directory, names, provider, image)
     except BaseException:
         fleet_down(prefix, directory, provider)
         raise
@@ -103,12 +105,15 @@ def _fleet_up(
     directory: Path,
     names: Sequence[str] | None,
     provider: LocalNodeProvider,
+    image: str = "",
 ) -> Fleet:
     public_key = generate_key_pair(directory / KEY_NAME, f"dynia-testnodes-{prefix}")
     network = provider.ensure_network(prefix)
     reserved_ip = provider.allocate_reserved_ip(prefix, "local")
     wanted = _node_names(provider, prefix, count, names)
-    specs = [NodeSpec(prefix, name, "local", "container", public_key) for name in wanted]
+    specs = [NodeSpec(prefix, name, "local", "container", public_key, image) for name in wanted]
+    if image:
+        provider.prepare_image(image, print)  # builds it once, before nodes wait on it in parallel
     with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
         nodes = sorted(pool.map(provider.create_node, specs), key=lambda node: node.name)
     fleet = Fleet(prefix, directory, network, reserved_ip, nodes)
@@ -181,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--dir", required=True, type=Path)
     up.add_argument("--names", help="comma-separated node names instead of generated ones")
     up.add_argument("--ready-timeout", type=float, default=90.0)
+    up.add_argument("--image", default="", help="local node image: debian-12 or debian-13")
     down = commands.add_parser("down", help="remove the nodes, network and files")
     down.add_argument("--name", required=True)
     down.add_argument("--dir", required=True, type=Path)
@@ -190,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             provider = provider_for(directory, ready_timeout=args.ready_timeout)
             names = args.names.split(",") if args.names else None
-            fleet = fleet_up(args.name, args.count, directory, names=names, provider=provider)
+            fleet = fleet_up(
+                args.name, args.count, directory, names=names, provider=provider, image=args.image
+            )
             for node in fleet.nodes:
                 print(f"{node.name} {node.private_ip}")
             print(f"inventory: {fleet.inventory}")

@@ -38,6 +38,12 @@ def cluster_group() -> None:
 @click.option("--region", help="Provider region (default from config; 'local' for local).")
 @click.option("--size", help="Node size, e.g. s-1vcpu-1gb on DigitalOcean.")
 @click.option("--node-provider", help="local or digitalocean (default from config: local).")
+@click.option(
+    "--image",
+    help="Node image, recorded for the cluster (nodes added later boot it too). local: "
+    "debian-12 or debian-13 (built on first use); digitalocean: an image slug. Default from "
+    "config, else debian-12 (local) / debian-13-x64 (digitalocean).",
+)
 @click.option("--dns-provider", help="local or cloudflare (default from config: local).")
 @click.option(
     "--cert-issuer",
@@ -67,6 +73,7 @@ def create_command(
     region: str | None,
     size: str | None,
     node_provider: str | None,
+    image: str | None,
     dns_provider: str | None,
     cert_issuer: str | None,
     proxied: bool | None,
@@ -82,19 +89,22 @@ def create_command(
     \b
     Example:
       dynia cluster create --name demo --nodes 3
+      dynia cluster create --name trixie --image debian-13
       dynia cluster create --name prod --nodes 3 --node-provider digitalocean \\
           --dns-provider cloudflare --region fra1 --size s-1vcpu-2gb
       dynia cluster create --name edge --node-provider digitalocean \\
           --dns-provider cloudflare --proxied --cert-issuer cloudflare-origin
     """
     defaults = load_defaults(app.layout)
+    chosen_provider = node_provider or defaults.node_provider
     request = CreateRequest(
         name=name,
         nodes=nodes,
         # `--region ""` is bad input to refuse, not a request for the default.
         region=defaults.region if region is None else region,
         size=defaults.size if size is None else size,
-        node_provider=node_provider or defaults.node_provider,
+        node_provider=chosen_provider,
+        image=image if image is not None else defaults.image_for(chosen_provider),
         dns_provider=dns_provider or defaults.dns_provider,
         cert_issuer=cert_issuer or defaults.cert_issuer,
         dns_proxied=defaults.dns_proxied if proxied is None else proxied,
@@ -110,7 +120,7 @@ def create_command(
 def list_command(app: AppContext, as_json: bool) -> None:
     """List clusters in state.
 
-    JSON: {"clusters": [{"name", "current", "status", "node_provider", "dns_provider",
+    JSON: {"clusters": [{"name", "current", "status", "node_provider", "dns_provider", "image",
     "region", "nodes", "services", "reserved_ip"}]}
     """
     state = store_of(app).load()
@@ -159,6 +169,7 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
         return
     click.echo(f"Cluster {details['name']} ({details['status']})")
     click.echo(f"  providers:   {details['node_provider']} / {details['dns_provider']}")
+    click.echo(f"  node image:  {details['image'] or '-'}")
     click.echo(f"  reserved IP: {details['reserved_ip'] or '-'}")
     click.echo("  nodes:")
     for node in details["nodes"]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynia.errors import RenderError, UsageError
-from dynia.operations import infra
+from dynia.operations import Progress, infra
 from dynia.operations.certificates import check_certificate_options
-from dynia.operations.config import check_slug
+from dynia.operations.config import check_image, check_slug
 from dynia.operations.deploy_config import check_node_token
 from dynia.operations.run_context import RunContext
 from dynia.providers import check_dns_provider, check_node_provider, node_provider_traits
+from dynia.providers.base import NodeProvider
 from dynia.state import Transaction
 from dynia.state.models import (
     CERT_ISSUER_LOCAL,
@@ -40,6 +41,26 @@ class CreateRequest:
     cert_issuer: str = CERT_ISSUER_LOCAL
     dns_proxied: bool = False
     allow_main_token_on_nodes: bool = False  # recorded when given; create never withdraws it
+    image: str | None = None  # node image; None: the node provider's default
+
+
+def resolve_image(node_provider: str, image: str | None) -> str:
+    """The node image a cluster of ``node_provider`` boots: ``image``, checked, or the default."""
+    if image is None:
+        return node_provider_traits(node_provider).default_image
+    return check_image(node_provider, image)
+
+
+def untested_image_warning(node_provider: str, image: str) -> str | None:
+    """A warning when no test covers ``image`` on ``node_provider``, else None."""
+    traits = node_provider_traits(node_provider)
+    if image in traits.tested_images:
+        return None
+    return (
+        f"warning: no test covers {node_provider} nodes booting {image!r}; the tested "
+        f"image{'s are' if len(traits.tested_images) > 1 else ' is'} "
+        f"{', '.join(traits.tested_images)}"
+    )
 
 
 def _validate(request: CreateRequest) -> None:
@@ -51,6 +72,7 @@ def _validate(request: CreateRequest) -> None:
     check_slug("--region", request.region)
     check_slug("--size", request.size)
     check_node_provider(request.node_provider)
+    resolve_image(request.node_provider, request.image)
     check_dns_provider(request.dns_provider)
     check_certificate_options(request.dns_provider, request.cert_issuer, request.dns_proxied)
 
@@ -73,8 +95,10 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
                     existing.settings.certificate_issuer,
                 ),
                 ("--proxied", request.dns_proxied, existing.settings.dns_proxied),
+                # A plan recorded before images were chosen takes the image of this run.
+                ("--image", resolve_image(request.node_provider, request.image), existing.image),
             )
-            if mine != theirs
+            if mine != theirs and not (flag == "--image" and theirs is None)
         ]
         if mismatched:
             raise UsageError(
@@ -84,6 +108,8 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
             )
         if request.allow_main_token_on_nodes:  # consent given again or now; never withdrawn here
             existing.settings.allow_main_credential_on_nodes = True
+        if existing.image is None:
+            existing.image = resolve_image(request.node_provider, request.image)
         return existing
     traits = node_provider_traits(request.node_provider)
     cluster = Cluster(
@@ -94,6 +120,7 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
         size=request.size,
         planned_nodes=request.nodes,
         status=STATUS_PLANNED,
+        image=resolve_image(request.node_provider, request.image),
         settings=ClusterSettings(
             vrrp_advert_int=traits.default_vrrp_advert_int,
             certificate_issuer=request.cert_issuer,
@@ -121,6 +148,14 @@ def _check_node_token(request: CreateRequest, existing: Cluster | None) -> None:
         raise UsageError(message, exc.hint) from exc
 
 
+def _prepare_image(provider: NodeProvider, cluster: Cluster, progress: Progress) -> None:
+    """Let a provider that builds its node images (local) build this one now, with progress
+    lines, rather than silently inside the first node's creation."""
+    prepare = getattr(provider, "prepare_image", None)
+    if prepare is not None and cluster.image:
+        prepare(cluster.image, progress)
+
+
 def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
@@ -128,6 +163,9 @@ def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
     with ctx.store.transaction("dynia cluster create") as txn:
         _check_node_token(request, txn.state.clusters.get(request.name))
         cluster = _plan(txn, request)
+        warning = untested_image_warning(cluster.node_provider, cluster.image or "")
+        if warning:
+            progress(warning)
         if cluster.status != STATUS_PLANNED:
             progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")
             return cluster
@@ -135,6 +173,7 @@ def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
             progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
             return cluster
         provider = ctx.node_provider(cluster)
+        _prepare_image(provider, cluster, progress)
         infra.provision(ctx, txn, cluster, provider, request.nodes)
         infra.roll_out_infra(ctx, txn, cluster, provider)
         cluster.status = STATUS_INFRA_READY

@@ -67,6 +67,7 @@ def cluster_summary(cluster: Cluster, current: str | None) -> dict[str, Any]:
         "node_provider": cluster.node_provider,
         "dns_provider": cluster.dns_provider,
         "region": cluster.region,
+        "image": cluster.image,
         "nodes": len(cluster.nodes),
         "services": len(cluster.services),
         "reserved_ip": cluster.reserved_ip.address if cluster.reserved_ip else None,

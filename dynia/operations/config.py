@@ -12,7 +12,7 @@ from dynia.errors import StateError, UsageError
 from dynia.files import atomic_write
 from dynia.operations.certificates import check_certificate_options
 from dynia.paths import HomeLayout
-from dynia.providers import check_dns_provider, check_node_provider
+from dynia.providers import check_dns_provider, check_node_provider, node_provider_traits
 from dynia.state import StateStore
 from dynia.state.models import validate_domain
 
@@ -32,6 +32,12 @@ class Defaults:
     size: str = "small"
     cert_issuer: str = "local"  # "local" or "cloudflare-origin"
     dns_proxied: bool = False
+    # Node image of new clusters on the default node provider ("": that provider's default).
+    image: str = ""
+
+    def image_for(self, node_provider: str) -> str | None:
+        """The default image of a cluster on ``node_provider``; None: the provider's own."""
+        return self.image if self.image and node_provider == self.node_provider else None
 
 
 def check_slug(option: str, value: str) -> str:
@@ -43,6 +49,17 @@ def check_slug(option: str, value: str) -> str:
             hint=f"e.g. {option} fra1 (region) or s-1vcpu-2gb (size); no spaces or newlines",
         )
     return value
+
+
+def check_image(node_provider: str, image: str) -> str:
+    """``image`` if ``node_provider`` can boot it: one of its own images, else a slug."""
+    only = node_provider_traits(node_provider).only_images
+    if only is not None and image not in only:
+        raise UsageError(
+            f"unknown {node_provider} node image {image!r}",
+            hint=f"choose one of: {', '.join(only)}",
+        )
+    return check_slug("--image", image)
 
 
 def load_defaults(layout: HomeLayout) -> Defaults:
@@ -120,7 +137,13 @@ def save_defaults(
     # their own change over the other's.
     with store.transaction("dynia init"):  # creates the home and an empty state if needed
         current = _read_config(layout.config_file)
-        merged = replace(_defaults_from(current, layout.config_file), **updates)
+        previous = _defaults_from(current, layout.config_file)
+        if updates.get("node_provider", previous.node_provider) != previous.node_provider:
+            # An image names a system of one provider: it does not follow a change of provider.
+            updates = {"image": "", **updates}
+        merged = replace(previous, **updates)
+        if merged.image:
+            check_image(merged.node_provider, merged.image)
         if {"dns_provider", "cert_issuer", "dns_proxied"} & set(updates):
             check_certificate_options(merged.dns_provider, merged.cert_issuer, merged.dns_proxied)
         current.update(updates)

@@ -134,7 +134,14 @@ def create_planned_nodes(
         progress(f"  node {index}/{len(pending)} {node.name}: creating")
         started = time.monotonic()
         made = provider.create_node(
-            NodeSpec(cluster.name, node.name, cluster.region, cluster.size, public_key)
+            NodeSpec(
+                cluster.name,
+                node.name,
+                cluster.region,
+                cluster.size,
+                public_key,
+                image=cluster.image or "",
+            )
         )
         node.provider_id = made.provider_id
         node.public_ip = made.public_ip

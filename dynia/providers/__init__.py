@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 class NodeProviderTraits:
     reserved_ip_mode: Literal["vrrp", "api"]
     default_vrrp_advert_int: float
+    # The node image a cluster boots when none is chosen.
+    default_image: str
+    # The images the tests run on; another one works if the provider offers it, untested.
+    tested_images: tuple[str, ...]
+    # The provider offers only these images (None: any slug the provider knows).
+    only_images: tuple[str, ...] | None = None
     # The first host key reached the node in readable user data: Dynia replaces it on first
     # contact (operations/host_keys.py).
     bootstrap_host_key: bool = False
@@ -32,9 +38,24 @@ class NodeProviderTraits:
 # before a BACKUP takes over (0.1 s left 0.24 s, which a 10-minute soak on overloaded cores
 # exceeded twice). keepalived's VRRP process runs at nice -20 to keep them on time. A droplet's
 # failover waits for the API anyway, so 1 s costs nothing there.
+# Local images are built by providers/local/image.py (LOCAL_IMAGES); a droplet boots Debian 13,
+# the release the local Debian 13 nodes test.
+LOCAL_NODE_IMAGES = ("debian-12", "debian-13")
 NODE_PROVIDERS: dict[str, NodeProviderTraits] = {
-    "local": NodeProviderTraits("vrrp", 0.15),
-    "digitalocean": NodeProviderTraits("api", 1.0, bootstrap_host_key=True),
+    "local": NodeProviderTraits(
+        "vrrp",
+        0.15,
+        default_image="debian-12",
+        tested_images=LOCAL_NODE_IMAGES,
+        only_images=LOCAL_NODE_IMAGES,
+    ),
+    "digitalocean": NodeProviderTraits(
+        "api",
+        1.0,
+        default_image="debian-13-x64",
+        tested_images=("debian-13-x64",),
+        bootstrap_host_key=True,
+    ),
 }
 
 DNS_PROVIDERS = ("cloudflare", "local")

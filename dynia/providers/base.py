@@ -26,6 +26,7 @@ class NodeSpec:
     region: str
     size: str
     ssh_public_key: str  # OpenSSH public key line to authorize for root
+    image: str = ""  # the cluster's node image (a provider's name for it); "" = its default
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,26 @@ def _v1_objects(value: Any) -> list[Document]:
     return [item for item in value.values() if isinstance(item, dict)]
 
 
+# --- 2 -> 3 -------------------------------------------------------------------------------------
+
+# What schema-2 clusters booted: the defaults of the dynia that wrote them. Recorded so nodes added
+# later boot the same system even though the defaults have moved on.
+_V2_IMAGES = {"local": "debian-12", "digitalocean": "ubuntu-24-04-x64"}
+
+
+def _v2_to_v3(data: Document) -> Document:
+    """Clusters gain ``image``: the node image their nodes boot."""
+    data = copy.deepcopy(data)
+    for cluster in _v1_objects(data.get("clusters")):
+        provider = cluster.get("node_provider")
+        if isinstance(provider, str) and provider in _V2_IMAGES:
+            cluster.setdefault("image", _V2_IMAGES[provider])
+    return data
+
+
 # from-version -> step producing from-version + 1
 MIGRATIONS: dict[int, Callable[[Document], Document]] = {
     0: _v0_to_v1,
     1: _v1_to_v2,
+    2: _v2_to_v3,
 }

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Lifecycle of a cluster, in order.
 STATUS_PLANNED = "planned"
@@ -185,6 +185,9 @@ class Cluster:
     routes: dict[str, Route] = field(default_factory=dict)
     settings: ClusterSettings = field(default_factory=ClusterSettings)
     tls_fingerprint: str | None = None  # sha256 of the cluster certificate in use
+    # The node image every node of the cluster boots (local: debian-12 / debian-13; DigitalOcean:
+    # an image slug). None only in a plan made before the image was chosen.
+    image: str | None = None
 
     @property
     def master(self) -> Node | None:

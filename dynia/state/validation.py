@@ -229,10 +229,10 @@ def _check_cluster(key: str, cluster: Cluster) -> None:
 
 
 def _check_slugs(base: str, cluster: Cluster) -> None:
-    for name in ("node_provider", "dns_provider", "region", "size"):
-        _check_pattern(
-            _SLUG_RE, getattr(cluster, name), f"{base}.{name}", "a slug of a-z, 0-9, '.', '_', '-'"
-        )
+    for name in ("node_provider", "dns_provider", "region", "size", "image"):
+        value = getattr(cluster, name)
+        if value is not None:
+            _check_pattern(_SLUG_RE, value, f"{base}.{name}", "a slug of a-z, 0-9, '.', '_', '-'")
 
 
 def _check_host_keys(node: models.Node, path: str) -> None:

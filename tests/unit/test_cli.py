@@ -128,6 +128,7 @@ def test_cluster_list_and_show_json_shapes(tmp_path: Path) -> None:
         "node_provider": "local",
         "dns_provider": "local",
         "region": "local",
+        "image": "debian-12",
         "nodes": 3,
         "services": 1,
         "reserved_ip": "172.30.9.250",

@@ -263,6 +263,7 @@ class InMemoryNodeProvider:
         self.journal = journal
         self.nodes: dict[str, ProvisionedNode] = {}  # provider id -> node
         self.created: list[str] = []
+        self.images: dict[str, str] = {}  # node name -> the image it was created with
         self.fail_delete = False
 
     def seed(self, cluster: Cluster) -> None:
@@ -288,6 +289,7 @@ class InMemoryNodeProvider:
         made = ProvisionedNode(spec.name, f"m-{spec.name}", address, address, [HOST_KEY])
         self.nodes[made.provider_id] = made
         self.created.append(spec.name)
+        self.images[spec.name] = spec.image
         self.journal.append(f"created {spec.name}")
         return made
 
@@ -1074,6 +1076,32 @@ def test_an_interrupted_create_resumes_and_reloads_every_component(
     assert cluster.master is not None
     assert rig.journal[-1] == f"reserved IP checked, MASTER {cluster.master.name}"
     assert rig.layout.ssh_private_key("edge").is_file()
+
+
+def test_the_chosen_image_is_recorded_and_nodes_added_later_boot_it(
+    tmp_path: Path, no_validators: None
+) -> None:
+    rig = make_rig(tmp_path / "home")
+    request = CreateRequest("trixie", 2, "local", "small", "local", "local", image="debian-13")
+    create_cluster(rig.ctx, request)
+    assert rig.cluster("trixie").image == "debian-13"
+
+    added = cluster_nodes.add_node(rig.ctx)  # create made "trixie" the current cluster
+
+    assert set(rig.provider.images) == {*rig.cluster("trixie").nodes}
+    assert set(rig.provider.images.values()) == {"debian-13"}
+    assert added.name in rig.provider.images
+
+
+def test_an_unknown_local_image_is_refused_before_anything_is_recorded(
+    tmp_path: Path, no_validators: None
+) -> None:
+    rig = make_rig(tmp_path / "home")
+    request = CreateRequest("sid", 2, "local", "small", "local", "local", image="debian-14")
+    with pytest.raises(UsageError, match="unknown local node image 'debian-14'") as raised:
+        create_cluster(rig.ctx, request)
+    assert "debian-12, debian-13" in (raised.value.hint or "")
+    assert "sid" not in rig.ctx.store.load().clusters and rig.provider.created == []
 
 
 # --- dynia cluster delete --------------------------------------------------------------------

@@ -166,6 +166,21 @@ def test_schema_1_clusters_have_not_accepted_the_main_token_on_their_nodes() -> 
     assert not parse_state(migrated).clusters["myapp"].settings.allow_main_credential_on_nodes
 
 
+def test_schema_2_clusters_keep_booting_the_image_their_nodes_run() -> None:
+    schema_2 = {**migrate(v1_state()), "schema_version": 2}
+    schema_2["clusters"]["local-one"] = {
+        **copy.deepcopy(schema_2["clusters"]["spare"]), "name": "local-one",
+        "node_provider": "local", "dns_provider": "local",
+    }  # fmt: skip
+    for cluster in schema_2["clusters"].values():
+        del cluster["image"]
+
+    state = parse_state(migrate(copy.deepcopy(schema_2)))
+    # A droplet added later must boot what the first ones boot, not today's default.
+    assert state.clusters["myapp"].image == "ubuntu-24-04-x64"
+    assert state.clusters["local-one"].image == "debian-12"
+
+
 def test_a_newer_schema_is_refused() -> None:
     with pytest.raises(SchemaTooNewError, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
         migrate({"schema_version": SCHEMA_VERSION + 1, "clusters": {}})

@@ -57,7 +57,9 @@ from dynia.providers.digitalocean.api import (
 )
 from dynia.waiting import WaitTimeout, wait_until
 
-DEFAULT_IMAGE = "ubuntu-24-04-x64"
+# The release the local Debian 13 nodes test (Compose v2, HAProxy 3.0, keepalived 2.3); a
+# cluster's recorded image (NodeSpec.image) takes precedence.
+DEFAULT_IMAGE = "debian-13-x64"
 PRIVATE_INTERFACE = "eth1"  # DigitalOcean attaches the VPC network as the second interface
 
 
@@ -356,7 +358,7 @@ class DigitalOceanNodeProvider:
             "name": f"{spec.cluster}-{spec.name}",
             "region": spec.region,
             "size": spec.size,
-            "image": self.image,
+            "image": spec.image or self.image,
             "ssh_keys": [key_id],
             "tags": [
                 "dynia",

@@ -1,10 +1,13 @@
 """The node image every local node boots from, and a tiny busybox image for test services.
 
-The node image is Debian bookworm with systemd, sshd, python3, Docker with compose, HAProxy, Caddy
-and keepalived, made to behave like a fresh VM (see ``image_recipe/customize.sh``). It is tagged
-by the hash of its recipe, so it is built once, reused, and rebuilt only when the recipe changes.
+The node image is Debian with systemd, sshd, python3, Docker with compose, HAProxy, Caddy and
+keepalived, made to behave like a fresh VM (see ``image_recipe/customize.sh``). One recipe builds
+every release in ``LOCAL_IMAGES``: ``debian-12`` (bookworm, Compose v1 ``docker-compose``) and
+``debian-13`` (trixie, the Compose v2 plugin ``docker compose``). Each image is tagged by the hash
+of its recipe and release, so both coexist, each is built once, reused, and rebuilt only when the
+recipe changes.
 
-Two build paths give the same image: a Dockerfile when the ``debian:bookworm`` base image is
+Two build paths give the same image: a Dockerfile when the ``debian:<suite>`` base image is
 available (locally or from a registry), else debootstrap from a Debian mirror + ``docker import``
 (air-gapped sites and CI machines without a registry). A failed build leaves no tag and no
 temporary folder behind, so a rerun starts clean.
@@ -26,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dynia.errors import ProviderError
+from dynia.errors import ProviderError, UsageError
 from dynia.providers.local.engine import Docker
 
 RECIPE_DIR = Path(__file__).resolve().parent / "image_recipe"
-SUITE = "bookworm"
+# The node images the local provider builds: image name -> Debian suite.
+LOCAL_IMAGES = {"debian-12": "bookworm", "debian-13": "trixie"}
+DEFAULT_LOCAL_IMAGE = "debian-12"
+SUITE = LOCAL_IMAGES[DEFAULT_LOCAL_IMAGE]
 BASE_IMAGE = f"debian:{SUITE}"
 IMAGE_REPOSITORY = "dynia-node"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -64,19 +70,41 @@ def _silent(_: str) -> None:
     return None
 
 
-def recipe_packages() -> list[str]:
-    lines = (RECIPE_DIR / "packages.txt").read_text().splitlines()
+def recipe_packages(suite: str = SUITE) -> list[str]:
+    """``packages.txt``, plus ``packages.<suite>.txt`` where a release names a package apart."""
+    files = [RECIPE_DIR / "packages.txt", RECIPE_DIR / f"packages.{suite}.txt"]
+    lines = [line for path in files if path.exists() for line in path.read_text().splitlines()]
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def dockerfile_text(base_image: str = BASE_IMAGE) -> str:
-    packages = " ".join(recipe_packages())
+def _recipe_files(suite: str) -> list[Path]:
+    """The recipe files that shape the image of ``suite``: not another release's packages."""
+    other_suites = {f"packages.{other}.txt" for other in LOCAL_IMAGES.values() if other != suite}
+    return [p for p in sorted(RECIPE_DIR.iterdir()) if p.is_file() and p.name not in other_suites]
+
+
+def check_local_image(image: str) -> str:
+    """``image`` if the local provider can build it, else a UsageError naming the choices."""
+    if image not in LOCAL_IMAGES:
+        raise UsageError(
+            f"unknown local node image {image!r}",
+            hint=f"choose one of: {', '.join(sorted(LOCAL_IMAGES))}",
+        )
+    return image
+
+
+def suite_of(image: str) -> str:
+    return LOCAL_IMAGES[check_local_image(image)]
+
+
+def dockerfile_text(base_image: str = BASE_IMAGE, suite: str = SUITE) -> str:
+    packages = " ".join(recipe_packages(suite))
     return (
         f"FROM {base_image}\n"
         "ENV DEBIAN_FRONTEND=noninteractive\n"
         f"RUN apt-get update && apt-get install -y --no-install-recommends {packages}\n"
         "COPY recipe /tmp/dynia-recipe\n"
-        f'RUN sh /tmp/dynia-recipe/customize.sh "" /tmp/dynia-recipe "$MIRROR" {SUITE}'
+        f'RUN sh /tmp/dynia-recipe/customize.sh "" /tmp/dynia-recipe "$MIRROR" {suite}'
         " && rm -rf /tmp/dynia-recipe\n"
         "ENV container=docker\n"
         "STOPSIGNAL SIGRTMIN+3\n"
@@ -84,30 +112,30 @@ def dockerfile_text(base_image: str = BASE_IMAGE) -> str:
     )
 
 
-def recipe_hash() -> str:
+def recipe_hash(image: str = DEFAULT_LOCAL_IMAGE) -> str:
     """Hash of everything that shapes the image: recipe files, suite and the Dockerfile."""
-    digest = hashlib.sha256(f"suite={SUITE}\n".encode())
-    digest.update(dockerfile_text().encode())
-    for path in sorted(RECIPE_DIR.iterdir()):
-        if path.is_file():
-            digest.update(f"\0{path.name}\0".encode())
-            digest.update(path.read_bytes())
+    suite = suite_of(image)
+    digest = hashlib.sha256(f"suite={suite}\n".encode())
+    digest.update(dockerfile_text(f"debian:{suite}", suite).encode())
+    for path in _recipe_files(suite):
+        digest.update(f"\0{path.name}\0".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def node_image_tag() -> str:
-    return f"{IMAGE_REPOSITORY}:{recipe_hash()[:12]}"
+def node_image_tag(image: str = DEFAULT_LOCAL_IMAGE) -> str:
+    return f"{IMAGE_REPOSITORY}:{recipe_hash(image)[:12]}"
 
 
-def node_image_present(docker: Docker | None = None) -> bool:
-    return (docker or Docker()).exists("image", node_image_tag())
+def node_image_present(docker: Docker | None = None, image: str = DEFAULT_LOCAL_IMAGE) -> bool:
+    return (docker or Docker()).exists("image", node_image_tag(image))
 
 
-def choose_build_method(docker: Docker) -> BuildMethod:
+def choose_build_method(docker: Docker, base_image: str = BASE_IMAGE) -> BuildMethod:
     """Dockerfile when the base image is here or can be pulled, else debootstrap."""
-    if docker.exists("image", BASE_IMAGE):
+    if docker.exists("image", base_image):
         return "dockerfile"
-    pulled = docker.run(["pull", BASE_IMAGE], check=False, timeout=300)
+    pulled = docker.run(["pull", base_image], check=False, timeout=300)
     return "dockerfile" if pulled.returncode == 0 else "debootstrap"
 
 
@@ -119,18 +147,22 @@ def ensure_node_image(
     mirror: str | None = None,
     method: BuildMethod | None = None,
     work_root: Path | None = None,
-    base_image: str = BASE_IMAGE,
+    base_image: str | None = None,
+    image: str = DEFAULT_LOCAL_IMAGE,
 ) -> BuildResult:
-    """Return the node image, building it first if its tag is missing.
+    """Return the node image of release ``image``, building it first if its tag is missing.
 
     ``tag`` defaults to the recipe-hash tag; ``mirror`` to ``$DYNIA_DEBIAN_MIRROR`` or Debian's;
     ``method`` is chosen automatically unless given; ``work_root`` holds the temporary build
     folder (default: the system's temporary directory); ``base_image`` is the Dockerfile
-    path's base (another Debian bookworm image, e.g. from a private registry).
+    path's base (default ``debian:<suite>``; another image of the same Debian release works,
+    e.g. from a private registry).
     """
+    suite = suite_of(image)
+    base_image = base_image or f"debian:{suite}"
     docker = docker or Docker()
     docker.ping()
-    tag = tag or node_image_tag()
+    tag = tag or node_image_tag(image)
     mirror = mirror or os.environ.get("DYNIA_DEBIAN_MIRROR") or DEFAULT_MIRROR
     started = time.monotonic()
     # Two test sessions (or two operators) asking at once build the image once.
@@ -138,13 +170,14 @@ def ensure_node_image(
         existing = docker.inspect("image", [tag])
         if existing:
             return BuildResult(tag, existing[0]["Id"], "existing", time.monotonic() - started)
-        method = method or choose_build_method(docker)
-        progress(f"building node image {tag} via {method} (a few minutes, once)")
+        method = method or choose_build_method(docker, base_image)
+        progress(f"building node image {tag} ({image}) via {method} (a few minutes, once)")
+        recipe = _Recipe(image=image, suite=suite, tag=tag, mirror=mirror)
         with _build_dir(work_root) as build_dir:
             if method == "dockerfile":
-                _build_with_dockerfile(docker, build_dir, tag, mirror, base_image)
+                _build_with_dockerfile(docker, build_dir, recipe, base_image)
             else:
-                _build_with_debootstrap(docker, build_dir, tag, mirror, progress)
+                _build_with_debootstrap(docker, build_dir, recipe, progress)
     image_id = docker.text(["image", "inspect", "--format", "{{.Id}}", tag])
     progress(f"node image {tag} ready")
     return BuildResult(tag, image_id, method, time.monotonic() - started)
@@ -182,11 +215,22 @@ def remove_build_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """What one build makes: release ``image`` (Debian ``suite``) tagged ``tag``."""
+
+    image: str
+    suite: str
+    tag: str
+    mirror: str
+
+
 def _build_with_dockerfile(
-    docker: Docker, build_dir: Path, tag: str, mirror: str, base_image: str
+    docker: Docker, build_dir: Path, recipe: _Recipe, base_image: str
 ) -> None:
+    tag = recipe.tag
     shutil.copytree(RECIPE_DIR, build_dir / "recipe")
-    dockerfile = dockerfile_text(base_image).replace("$MIRROR", mirror)
+    dockerfile = dockerfile_text(base_image, recipe.suite).replace("$MIRROR", recipe.mirror)
     (build_dir / "Dockerfile").write_text(dockerfile)
     result = docker.run(
         [
@@ -194,7 +238,7 @@ def _build_with_dockerfile(
             "--network=host",
             "--force-rm",
             "--label",
-            f"{RECIPE_LABEL}={recipe_hash()}",
+            f"{RECIPE_LABEL}={recipe_hash(recipe.image)}",
             "-t",
             tag,
             str(build_dir),
@@ -220,8 +264,9 @@ def _remove_intermediate_images(docker: Docker, build_output: str) -> None:
 
 
 def _build_with_debootstrap(
-    docker: Docker, build_dir: Path, tag: str, mirror: str, progress: Progress
+    docker: Docker, build_dir: Path, recipe: _Recipe, progress: Progress
 ) -> None:
+    tag = recipe.tag
     if os.geteuid() != 0:
         raise ImageBuildError(
             f"building the node image {tag} with debootstrap needs root",
@@ -233,10 +278,17 @@ def _build_with_debootstrap(
             hint="install it: `sudo apt-get install debootstrap`, or run `sudo dynia local setup`",
         )
     rootfs = build_dir / "rootfs"
-    _run_debootstrap(rootfs, mirror, build_dir / "debootstrap.log", progress)
+    _run_debootstrap(rootfs, recipe, build_dir / "debootstrap.log", progress)
     progress("debootstrap: customizing the root filesystem")
     customize = subprocess.run(
-        ["sh", str(RECIPE_DIR / "customize.sh"), str(rootfs), str(RECIPE_DIR), mirror, SUITE],
+        [
+            "sh",
+            str(RECIPE_DIR / "customize.sh"),
+            str(rootfs),
+            str(RECIPE_DIR),
+            recipe.mirror,
+            recipe.suite,
+        ],
         capture_output=True,
         check=False,
     )
@@ -247,15 +299,16 @@ def _build_with_debootstrap(
             hint="the recipe in dynia/providers/local/image_recipe/ is broken; reinstall dynia",
         )
     progress("importing the root filesystem into Docker")
-    _import_rootfs(docker, rootfs, tag)
+    _import_rootfs(docker, rootfs, tag, recipe_hash(recipe.image))
 
 
-def _run_debootstrap(rootfs: Path, mirror: str, log_path: Path, progress: Progress) -> None:
+def _run_debootstrap(rootfs: Path, recipe: _Recipe, log_path: Path, progress: Progress) -> None:
+    mirror = recipe.mirror
     argv = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(recipe_packages())}",
-        SUITE,
+        f"--include={','.join(recipe_packages(recipe.suite))}",
+        recipe.suite,
         str(rootfs),
         mirror,
     ]
@@ -271,21 +324,21 @@ def _run_debootstrap(rootfs: Path, mirror: str, log_path: Path, progress: Progre
         if returncode != 0:
             log.seek(0)
             raise ImageBuildError(
-                f"debootstrap of Debian {SUITE} from {mirror} failed (exit {returncode}):\n"
+                f"debootstrap of Debian {recipe.suite} from {mirror} failed (exit {returncode}):\n"
                 + _tail(log.read()),
                 hint="check that the mirror answers (set DYNIA_DEBIAN_MIRROR to use another), "
                 "then rerun; nothing was kept from this attempt",
             )
 
 
-def _import_rootfs(docker: Docker, rootfs: Path, tag: str) -> None:
+def _import_rootfs(docker: Docker, rootfs: Path, tag: str, recipe_digest: str) -> None:
     """Stream the root filesystem into ``docker import``; the tag exists only if it succeeds.
 
     ``docker import`` cannot set a stop signal: nodes get ``--stop-signal`` when they run."""
     changes = [
         "ENV container=docker",
         f'CMD ["{NODE_ENTRYPOINT}"]',
-        f"LABEL {RECIPE_LABEL}={recipe_hash()}",
+        f"LABEL {RECIPE_LABEL}={recipe_digest}",
     ]
     change_args = [arg for change in changes for arg in ("--change", change)]
     tar = subprocess.Popen(

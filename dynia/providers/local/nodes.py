@@ -22,7 +22,7 @@ from dynia.errors import ProviderError, UsageError
 from dynia.paths import HomeLayout, resolve_home
 from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
 from dynia.providers.local.engine import Docker, DockerCommandError, engine_location
-from dynia.providers.local.image import ensure_node_image
+from dynia.providers.local.image import DEFAULT_LOCAL_IMAGE, check_local_image, ensure_node_image
 from dynia.ssh import SshError, key_body, run_ssh, write_known_hosts
 from dynia.waiting import WaitTimeout, wait_until
 
@@ -184,8 +184,14 @@ class LocalNodeProvider:
 
     # -- nodes -----------------------------------------------------------------------------
 
+    def prepare_image(self, image: str, progress: Callable[[str], None]) -> None:
+        """Build the node image of release ``image`` now if it is missing (minutes, once)."""
+        if self._image is None:
+            ensure_node_image(docker=self.docker, progress=progress, image=check_local_image(image))
+
     def create_node(self, spec: NodeSpec) -> ProvisionedNode:
         check_name("node", spec.name)
+        release = check_local_image(spec.image or DEFAULT_LOCAL_IMAGE)
         network = self.ensure_network(spec.cluster)
         name = container_name(spec.cluster, spec.name)
         existing = self.docker.inspect("container", [name])
@@ -195,7 +201,11 @@ class LocalNodeProvider:
             # A run killed between `docker run` and the key copy left a node nobody can log in to.
             self._authorize(name, spec.ssh_public_key)
             return self._wait_ready(spec, name, network, created=False)
-        image = self._image or ensure_node_image(docker=self.docker, progress=self._progress).tag
+        # Built on first use of a release (minutes, with progress lines), then reused by tag.
+        image = (
+            self._image
+            or ensure_node_image(docker=self.docker, progress=self._progress, image=release).tag
+        )
         try:
             self._run_container(spec, name, network, image)
             self._authorize(name, spec.ssh_public_key)
