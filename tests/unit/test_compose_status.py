@@ -1,0 +1,69 @@
+"""The dynia_service role reads compose's structured output, v1 (through `docker inspect`) and
+v2 (`docker compose ps --format json`) alike: the containers it still waits for."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _compose_status() -> ModuleType:
+    path = REPO / "roles/dynia_service/filter_plugins/compose_status.py"
+    spec = importlib.util.spec_from_file_location("compose_status", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _v2_line(name: str, state: str, health: str) -> str:
+    """One line of `docker compose ps --all --format json` (compose 2.26, fields trimmed)."""
+    return json.dumps({"ID": "0f3e", "Name": name, "Project": "dynia-web", "Service": "web",
+                       "State": state, "Health": health, "Status": "Up 2 seconds",
+                       "Publishers": [{"URL": "127.0.0.1", "PublishedPort": 20001}]})  # fmt: skip
+
+
+def _v1_inspect(name: str, status: str, health: str | None) -> dict[str, object]:
+    """An entry of `docker inspect` for a compose v1 container (fields trimmed)."""
+    state: dict[str, object] = {"Status": status, "Running": status == "running"}
+    if health is not None:
+        state["Health"] = {"Status": health, "FailingStreak": 0}
+    return {"Id": "0f3e", "Name": f"/{name}", "State": state}
+
+
+@pytest.mark.parametrize(
+    ("output", "waiting_for"),
+    [
+        ("", ["no containers"]),
+        (_v2_line("dynia-web-web-1", "running", "healthy"), []),
+        (_v2_line("dynia-web-web-1", "running", ""), []),
+        (_v2_line("dynia-web-web-1", "running", "starting"), ["dynia-web-web-1 running starting"]),
+        (
+            _v2_line("dynia-web-web-1", "running", "healthy")
+            + "\n"
+            + _v2_line("dynia-web-cache-1", "exited", ""),
+            ["dynia-web-cache-1 exited"],
+        ),
+        # compose 2.0-2.20 printed one JSON list instead of a line per container
+        (
+            f"[{_v2_line('dynia-web-web-1', 'running', 'unhealthy')}]",
+            ["dynia-web-web-1 running unhealthy"],
+        ),
+        (json.dumps([_v1_inspect("dynia-web_web_1", "running", "healthy")]), []),
+        (json.dumps([_v1_inspect("dynia-web_web_1", "running", None)]), []),
+        (
+            json.dumps([_v1_inspect("dynia-web_web_1", "restarting", "unhealthy")]),
+            ["dynia-web_web_1 restarting unhealthy"],
+        ),
+    ],
+)
+def test_containers_not_ready_read_the_same_from_v1_and_v2(
+    output: str, waiting_for: list[str]
+) -> None:
+    assert _compose_status().not_ready(output) == waiting_for
