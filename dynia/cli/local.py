@@ -34,9 +34,20 @@ def doctor_command(ctx: click.Context) -> None:
 
 @local_group.command("setup")
 @click.option("--no-image", is_flag=True, help="Do not build the node image.")
-def setup_command(no_image: bool) -> None:
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="Node image to build: debian-12 (the default) or debian-13; repeatable.",
+)
+def setup_command(no_image: bool, images: tuple[str, ...]) -> None:
     """Install and start what the local provider needs (as root on Debian/Ubuntu).
 
-    Safe to run again: what is already there is kept.
+    Safe to run again: what is already there is kept. An image not built here is built the first
+    time a cluster asks for it.
+
+    \b
+    Example:
+      dynia local setup --image debian-12 --image debian-13
     """
-    local_setup.setup(progress=click.echo, build_image=not no_image)
+    local_setup.setup(progress=click.echo, build_image=not no_image, images=images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from dynia.providers.local.engine import (
     start_dockerd,
     wait_for_engine,
 )
-from dynia.providers.local.image import BASE_IMAGE, ensure_node_image, node_image_tag
+from dynia.providers.local.image import (
+    BASE_IMAGE,
+    DEFAULT_LOCAL_IMAGE,
+    check_local_image,
+    ensure_node_image,
+    node_image_tag,
+)
 from dynia.providers.local.nodes import COMMON_RUN_FLAGS, UNPRIVILEGED_FLAGS
 from dynia.providers.local.nsd import DNS_SERVER_APT_PACKAGE, DNS_SERVER_BINARY
 
@@ -155,19 +162,23 @@ def setup(
     docker: Docker | None = None,
     build_image: bool = True,
     engine: EngineLayout | None = None,
+    images: Sequence[str] = (),
 ) -> SetupResult:
-    """Make this machine ready for the local provider; safe to run again."""
+    """Make this machine ready for the local provider; safe to run again.
+
+    ``images``: the node images to build (default: the default one)."""
+    images = [check_local_image(image) for image in images or [DEFAULT_LOCAL_IMAGE]]
     docker = docker or Docker()
     can_fix = _can_fix_machine()
     if can_fix:
         _install_missing_packages(progress)
     pid = _ensure_engine(docker, can_fix, engine or EngineLayout(), progress)
     tag = None
-    if build_image:
-        result = ensure_node_image(docker=docker, progress=progress)
-        tag = result.tag
+    for image in images if build_image else []:
+        result = ensure_node_image(docker=docker, progress=progress, image=image)
+        tag = tag or result.tag
         if result.method == "existing":
-            progress(f"node image {result.tag} already built")
+            progress(f"node image {result.tag} ({image}) already built")
     progress("local provider ready")
     return SetupResult(started_engine_pid=pid, image_tag=tag)
 
