@@ -62,6 +62,12 @@ def node_image() -> str:
 
 
 @pytest.fixture(scope="session")
+def debian13_node_image() -> str:
+    """The Debian 13 node image tag (Compose v2); built once, about four minutes, else reused."""
+    return ensure_node_image(image="debian-13").tag
+
+
+@pytest.fixture(scope="session")
 def busybox_image() -> str:
     """A busybox-only image tag, named after the busybox binary it holds."""
     binary = ensure_busybox_binary()

@@ -9,6 +9,10 @@ file back. The scenario's destroy removes the nodes, also when a step fails.
 
 Scenarios run DYNIA_MOLECULE_WORKERS at a time (each has its own nodes, network and ephemeral
 directory); every scenario is still its own test, with its own result and time.
+
+haproxy, keepalived and dynia_service run on Debian 13 nodes (HAProxy 3.0, keepalived 2.3,
+Compose v2), the others on Debian 12 (HAProxy 2.6, keepalived 2.2, Compose v1): each release
+and each compose version is covered without running every scenario twice.
 """
 
 from __future__ import annotations
@@ -121,9 +125,14 @@ def _selected(session: pytest.Session) -> list[str]:
 
 @pytest.fixture(scope="module")
 def scenario_runs(
-    request: pytest.FixtureRequest, node_image: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    node_image: str,
+    debian13_node_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Future[ScenarioRun]]]:
-    """The selected scenarios, started in order on WORKERS threads; each test waits for its own."""
+    """The selected scenarios, started in order on WORKERS threads; each test waits for its own.
+
+    Both node images are built first, so no scenario's create step waits for a build."""
     pool = ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="molecule")
     try:
         yield {
