@@ -16,6 +16,7 @@ from dynia.operations.clusters import (
     selected_cluster,
 )
 from dynia.operations.config import load_defaults
+from dynia.operations.infra import MAX_NODES
 
 
 @click.group("cluster")
@@ -34,7 +35,13 @@ def cluster_group() -> None:
 @click.option(
     "--name", required=True, help="Cluster name: 2-32 of a-z, 0-9 and '-', starting with a letter."
 )
-@click.option("--nodes", type=int, default=3, show_default=True, help="How many nodes.")
+@click.option(
+    "--nodes",
+    type=int,
+    default=3,
+    show_default=True,
+    help=f"How many nodes, 1 to {MAX_NODES} (keepalived gives each its own VRRP priority).",
+)
 @click.option("--region", help="Provider region (default from config; 'local' for local).")
 @click.option("--size", help="Node size, e.g. s-1vcpu-1gb on DigitalOcean.")
 @click.option("--node-provider", help="local or digitalocean (default from config: local).")
