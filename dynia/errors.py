@@ -6,6 +6,8 @@ Nothing below the CLI prints or exits: it raises one of these instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class DyniaError(Exception):
     """Base of every error Dynia reports to the operator."""
@@ -25,6 +27,14 @@ class UsageError(DyniaError):
     """Bad input from the operator: a name, a flag, a file."""
 
     exit_code = 2
+
+
+def check_choice(kind: str, name: str, choices: Iterable[str]) -> str:
+    """``name`` if it is one of ``choices``, else a UsageError naming the kind and the choices."""
+    known = sorted(choices)
+    if name not in known:
+        raise UsageError(f"unknown {kind} {name!r}", hint=f"choose one of: {', '.join(known)}")
+    return name
 
 
 class NotFoundError(UsageError):

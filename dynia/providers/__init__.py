@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dynia.errors import UsageError
+from dynia.errors import UsageError, check_choice
 from dynia.paths import HomeLayout
 from dynia.providers.base import DnsProvider, NodeProvider
 
@@ -62,21 +62,11 @@ DNS_PROVIDERS = ("cloudflare", "local")
 
 
 def check_node_provider(name: str) -> str:
-    if name not in NODE_PROVIDERS:
-        raise UsageError(
-            f"unknown node provider {name!r}",
-            hint=f"choose one of: {', '.join(sorted(NODE_PROVIDERS))}",
-        )
-    return name
+    return check_choice("node provider", name, NODE_PROVIDERS)
 
 
 def check_dns_provider(name: str) -> str:
-    if name not in DNS_PROVIDERS:
-        raise UsageError(
-            f"unknown DNS provider {name!r}",
-            hint=f"choose one of: {', '.join(sorted(DNS_PROVIDERS))}",
-        )
-    return name
+    return check_choice("DNS provider", name, DNS_PROVIDERS)
 
 
 def node_provider_traits(name: str) -> NodeProviderTraits:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dynia.errors import ProviderError, UsageError
+from dynia.errors import ProviderError, check_choice
 from dynia.providers.local.engine import Docker
 
 RECIPE_DIR = Path(__file__).resolve().parent / "image_recipe"
@@ -85,12 +85,7 @@ def _recipe_files(suite: str) -> list[Path]:
 
 def check_local_image(image: str) -> str:
     """``image`` if the local provider can build it, else a UsageError naming the choices."""
-    if image not in LOCAL_IMAGES:
-        raise UsageError(
-            f"unknown local node image {image!r}",
-            hint=f"choose one of: {', '.join(sorted(LOCAL_IMAGES))}",
-        )
-    return image
+    return check_choice("local node image", image, LOCAL_IMAGES)
 
 
 def suite_of(image: str) -> str:
