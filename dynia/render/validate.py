@@ -31,9 +31,27 @@ class ValidationOutcome:
     output: str = ""
 
 
+# Interfaces that come and go with containers: one may vanish between listing and `keepalived -t`.
+TRANSIENT_INTERFACE_PREFIXES = ("br-", "veth", "docker")
+
+
 def _controller_interface() -> str | None:
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    return names[0] if names else None
+    try:
+        routes = Path("/proc/net/route").read_text()
+    except OSError:
+        routes = ""
+    return pick_stable_interface(routes, [p.name for p in Path("/sys/class/net").iterdir()])
+
+
+def pick_stable_interface(route_table: str, names: list[str]) -> str | None:
+    """The default route's interface, else the first that containers do not come and go with."""
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 1 and fields[1] == "00000000":
+            return fields[0]
+    candidates = sorted(name for name in names if name != "lo")
+    stable = [name for name in candidates if not name.startswith(TRANSIENT_INTERFACE_PREFIXES)]
+    return (stable or candidates or [None])[0]
 
 
 def _compose_command() -> list[str] | None:

@@ -18,6 +18,7 @@ from dynia.errors import RenderError
 from dynia.operations.deploy_config import render_cluster, render_inputs
 from dynia.paths import HomeLayout
 from dynia.render.renderer import Renderer, RenderInputs
+from dynia.render.validate import pick_stable_interface
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = [
@@ -223,3 +224,22 @@ def test_every_config_in_the_manifest_carries_its_node_check(layout: HomeLayout)
     assert checks["caddy/misty-owl.Caddyfile"].startswith("caddy validate")
     order = sorted((c["order"], name) for name, c in manifest["components"].items() if "order" in c)
     assert [name for _, name in order] == ["firewall", "caddy", "haproxy", "keepalived"]
+
+
+ROUTES_WITH_DEFAULT = (
+    "Iface\tDestination\tGateway\tFlags\n"
+    "br-14364cf53e96\t000012AC\t00000000\t0001\n"
+    "ens3\t00000000\t010200C0\t0003\n"
+)
+
+
+def test_keepalived_is_checked_against_the_default_route_interface() -> None:
+    # A container bridge sorts first but may be gone by the time `keepalived -t` runs.
+    names = ["br-14364cf53e96", "docker0", "ens3", "lo", "veth12ab"]
+    assert pick_stable_interface(ROUTES_WITH_DEFAULT, names) == "ens3"
+
+
+def test_without_a_default_route_a_container_interface_is_the_last_choice() -> None:
+    assert pick_stable_interface("", ["br-1", "docker0", "eth1", "lo"]) == "eth1"
+    assert pick_stable_interface("", ["br-1", "lo"]) == "br-1"
+    assert pick_stable_interface("", ["lo"]) is None
