@@ -50,6 +50,7 @@ class TrafficReport:
     bodies: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     stopped: float = 0.0
+    slowest: float = 0.0  # seconds of the longest request that succeeded
 
     @property
     def rate(self) -> float:
@@ -97,11 +98,13 @@ class SteadyTraffic:
                 time.sleep(next_at - now)
             next_at += self.interval
             self.report.sent += 1
+            sent_at = time.monotonic()
             try:
                 status, body = fetch(*self.args)
                 if status != 200:
                     raise RuntimeError(f"status {status}: {body[:80]}")
                 self.report.bodies[body] = self.report.bodies.get(body, 0) + 1
+                self.report.slowest = max(self.report.slowest, time.monotonic() - sent_at)
             except Exception as exc:  # every kind of failure counts against zero-downtime
                 self.report.failed += 1
                 self.report.failures.append((time.monotonic(), str(exc)))

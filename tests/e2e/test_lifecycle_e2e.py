@@ -3,8 +3,8 @@
 The tests share one cluster and run in file order: create -> deploy -> zero-downtime update ->
 health-gated rollback -> drift and repair -> node add/activate/remove -> failover -> delete.
 
-The nodes boot Debian 12 (`--image debian-12`, the local default). Debian 13 runs the haproxy,
-keepalived and dynia_service Molecule scenarios.
+The nodes boot Debian 13 (`--image debian-13`): Compose v2, HAProxy 3.0 and keepalived 2.3, the
+release DigitalOcean clusters boot by default. The other local suites run on Debian 12.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(
-    tmp_path_factory: pytest.TempPathFactory, node_image: str, busybox_image: str
+    tmp_path_factory: pytest.TempPathFactory, debian13_node_image: str, busybox_image: str
 ) -> Iterator[Env]:
     from fleet_fixtures import unique_prefix
 
@@ -99,17 +99,19 @@ def env(
 
 def test_create_deploy_and_reach_the_service_end_to_end(env: Env) -> None:
     started = time.monotonic()
-    env.run("cluster", "create", "--name", env.name, "--nodes", "3", "--image", "debian-12")
-    print(f"\ncluster create (3 nodes, debian-12): {time.monotonic() - started:.1f}s")
+    env.run("cluster", "create", "--name", env.name, "--nodes", "3", "--image", "debian-13")
+    print(f"\ncluster create (3 nodes, debian-13): {time.monotonic() - started:.1f}s")
     state = env.state()
     assert state["status"] == "infra-ready" and len(state["nodes"]) == 3
-    assert state["image"] == "debian-12"
+    assert state["image"] == "debian-13"
     for node in sorted(state["nodes"]):
-        assert env.node_exec(node, ". /etc/os-release && echo $VERSION_ID") == "12"
+        assert env.node_exec(node, ". /etc/os-release && echo $VERSION_ID") == "13"
     node = sorted(state["nodes"])[0]
+    compose_version = env.node_exec(node, "docker compose version")
     haproxy_version = env.node_exec(node, "haproxy -v | head -n 1")
-    print(f"{node}: {haproxy_version}")
-    assert haproxy_version.startswith("HAProxy version 2."), haproxy_version
+    print(f"{node}: {compose_version}\n{node}: {haproxy_version}")
+    assert re.match(r"Docker Compose version v?2\.", compose_version), compose_version
+    assert haproxy_version.startswith("HAProxy version 3."), haproxy_version
     assert env.run("context", "current").stdout.strip() == env.name
 
     started = time.monotonic()
