@@ -380,7 +380,10 @@ def test_activate_moves_the_master_role_and_the_reserved_ip(env: Env) -> None:
     with env.traffic() as load:
         env.run("cluster", "node", "activate", target)
         time.sleep(1)
-    print(f"\nactivate: {load.report.sent} requests, {load.report.failed} failed")
+    print(
+        f"\nactivate: {load.report.sent} requests, {load.report.failed} failed, "
+        f"slowest {load.report.slowest:.2f}s"
+    )
     assert load.report.failed == 0, load.report.failures[:5]
     assert master_of(env) == target
     assert holder_of_reserved_ip(env) == [target]
@@ -400,7 +403,10 @@ def test_removing_the_master_hands_its_role_to_the_first_backup(env: Env) -> Non
     with env.traffic() as load:
         env.run("cluster", "node", "remove", previous)
         time.sleep(1)
-    print(f"\nremove the MASTER: {load.report.sent} requests, {load.report.failed} failed")
+    print(
+        f"\nremove the MASTER: {load.report.sent} requests, {load.report.failed} failed, "
+        f"slowest {load.report.slowest:.2f}s"
+    )
     assert load.report.failed == 0, load.report.failures[:5]
     assert previous not in env.state()["nodes"] and len(env.state()["nodes"]) == 3
     assert master_of(env) == successor
