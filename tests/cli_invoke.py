@@ -26,8 +26,7 @@ def run_dynia(home: Path, *args: str) -> Outcome:
     runner = CliRunner()
     with runner.isolation(env={"DYNIA_HOME": str(home)}) as (out, err, _):
         try:
-            main(list(args))
-            code = 0
+            code = main(list(args))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         return Outcome(code, out.getvalue().decode(), err.getvalue().decode())

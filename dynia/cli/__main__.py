@@ -1,5 +1,7 @@
 """`python -m dynia.cli` runs the CLI (used by tests and when no console script is installed)."""
 
+import sys
+
 from dynia.cli.main import main
 
-main()
+sys.exit(main())

@@ -19,10 +19,16 @@ def local_group() -> None:
 
 
 @local_group.command("doctor")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="Node image to check: debian-12 (the default) or debian-13; repeatable.",
+)
 @click.pass_context
-def doctor_command(ctx: click.Context) -> None:
+def doctor_command(ctx: click.Context, images: tuple[str, ...]) -> None:
     """Check the Docker engine, the node image, debootstrap and the DNS server."""
-    checks = local_setup.doctor()
+    checks = local_setup.doctor(images=images)
     for check in checks:
         mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {check.name}: {check.detail}")

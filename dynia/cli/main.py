@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
 
@@ -98,11 +97,16 @@ def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:
     ctx.obj = AppContext.from_options(home=home, cluster_name=cluster_name)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Run the CLI and turn every DyniaError into its message and exit code."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and turn every DyniaError into its message and exit code.
+
+    Returns the exit code of a command that ends by ``ctx.exit(code)`` (0 otherwise): the console
+    script and ``python -m dynia.cli`` pass it to ``sys.exit``.
+    """
     color = color_choice()
     try:
-        return cli.main(args=argv, prog_name="dynia", standalone_mode=False, color=color)
+        result = cli.main(args=argv, prog_name="dynia", standalone_mode=False, color=color)
+        return result if isinstance(result, int) else 0
     except click.exceptions.Abort as exc:
         # click turns Ctrl-C into Abort; say that state kept the completed steps.
         if isinstance(exc.__cause__, KeyboardInterrupt):

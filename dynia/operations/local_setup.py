@@ -81,14 +81,20 @@ def wanted_packages() -> list[str]:
     return [*BASE_PACKAGES, DNS_SERVER_APT_PACKAGE]
 
 
-def doctor(docker: Docker | None = None) -> list[Check]:
-    """Every check, in the order an operator would fix them."""
+def doctor(docker: Docker | None = None, images: Sequence[str] = ()) -> list[Check]:
+    """Every check, in the order an operator would fix them; ``images`` default to debian-12."""
     docker = docker or Docker()
+    releases = [check_local_image(image) for image in images or [DEFAULT_LOCAL_IMAGE]]
     checks = [_check_engine(docker)]
     engine_ok = checks[0].ok
-    checks.append(_check_image(docker) if engine_ok else _skipped("node image"))
-    image_ok = engine_ok and checks[-1].ok
-    checks.append(_check_node_container(docker) if image_ok else _skipped("node container"))
+    image_checks = [
+        _check_image(docker, release) if engine_ok else _skipped(f"node image {release}")
+        for release in releases
+    ]
+    checks.extend(image_checks)
+    built = [release for release, check in zip(releases, image_checks, strict=True) if check.ok]
+    node_check = _check_node_container(docker, built[0]) if built else None
+    checks.append(node_check or _skipped("node container"))
     checks.append(_check_debootstrap())
     checks.append(_check_dns_server())
     return checks
@@ -112,16 +118,18 @@ def _engine_fix() -> str:
     return "run `sudo dynia local setup` (Debian/Ubuntu), or install Docker and start dockerd"
 
 
-def _check_image(docker: Docker) -> Check:
-    tag = node_image_tag()
+def _check_image(docker: Docker, release: str) -> Check:
+    tag = node_image_tag(release)
+    name = f"node image {release}"
     if docker.exists("image", tag):
-        return Check("node image", True, f"{tag} is built")
-    return Check("node image", False, f"{tag} is not built", fix="run `sudo dynia local setup`")
+        return Check(name, True, f"{tag} is built")
+    fix = f"run `sudo dynia local setup --image {release}`"
+    return Check(name, False, f"{tag} is not built", fix=fix)
 
 
-def _check_node_container(docker: Docker) -> Check:
+def _check_node_container(docker: Docker, release: str) -> Check:
     """Can this engine run a container with the flags a node needs?"""
-    tag = node_image_tag()
+    tag = node_image_tag(release)
     attempts = {"--privileged": ("--privileged",), "capability set": UNPRIVILEGED_FLAGS}
     errors = []
     for label, flags in attempts.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_invoke import run_dynia
 from click.testing import CliRunner
 
 from dynia.cli.main import cli
@@ -27,6 +28,20 @@ def test_engine_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     result = CliRunner().invoke(cli, ["local", "doctor"])
     assert result.exit_code == 1
     assert "FAIL docker engine" in result.output
+    assert "FAIL node image debian-12: not checked" in result.output
+
+
+def test_doctor_checks_each_image_asked_for_and_refuses_an_unknown_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    home = tmp_path / "home"
+    both = run_dynia(home, "local", "doctor", "--image", "debian-12", "--image", "debian-13")
+    assert both.exit_code == 1
+    assert "node image debian-12" in both.stdout and "node image debian-13" in both.stdout
+    unknown = run_dynia(home, "local", "doctor", "--image", "debian-14")
+    assert unknown.exit_code == 2
+    assert "debian-14" in unknown.stderr and "debian-13" in unknown.stderr
 
 
 def test_ssh_command_always_checks_the_pinned_host_key(tmp_path: Path) -> None:
