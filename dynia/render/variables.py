@@ -208,4 +208,6 @@ def notify_master_vars(cluster: Cluster, api_url: str, metadata_url: str) -> dic
         "dynia_do_api_url": api_url,
         "dynia_do_metadata_url": metadata_url,
         "dynia_do_token_file": DIGITALOCEAN_TOKEN_TARGET,
+        # The script moves the address only while keepalived holds this marker (MASTER).
+        "dynia_do_master_marker": master_marker(cluster),
     }

@@ -373,7 +373,9 @@ class _Metadata:
         self.server.server_close()
 
 
-def _render_script(tmp_path: Path, fake: FakeDigitalOcean, address: str, metadata: str) -> Path:
+def _render_script(
+    tmp_path: Path, fake: FakeDigitalOcean, address: str, metadata: str, **extra: object
+) -> Path:
     token_file = tmp_path / "do-token"
     token_file.write_text(fake.token + "\n")
     token_file.chmod(0o600)
@@ -384,6 +386,7 @@ def _render_script(tmp_path: Path, fake: FakeDigitalOcean, address: str, metadat
         dynia_do_metadata_url=metadata,
         dynia_do_token_file=str(token_file),
         dynia_do_action_timeout=5,
+        **{"dynia_do_settle_seconds": 0, **extra},
     )
     script = tmp_path / "notify-master.sh"
     script.write_text(text)
@@ -425,6 +428,60 @@ def test_notify_master_script_moves_the_reserved_ip_to_its_own_droplet(
         assert "already assigned" in again.stderr
         assert len(fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST")) == posts
         assert fake.token not in moved.stderr + moved.stdout + again.stderr
+    finally:
+        metadata.close()
+
+
+def test_notify_master_script_leaves_the_address_when_the_node_is_no_longer_master(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    # A backup that was MASTER for a moment (an election on busy nodes) and yielded: keepalived
+    # took its marker address away before the script got to move the Reserved IP.
+    a = provider.create_node(_spec("ash-elk", key))
+    b = provider.create_node(_spec("bold-fox", key))
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    provider.attach_reserved_ip(rip, a.provider_id)
+    metadata = _Metadata(int(b.provider_id))
+    try:
+        script = _render_script(
+            tmp_path, fake, rip.address, metadata.url, dynia_do_master_marker="169.254.0.250"
+        )
+        yielded = _run(script)
+        assert yielded.returncode == 0, yielded.stderr
+        assert "no longer MASTER" in yielded.stderr
+        assert fake.backend.assignments[rip.address] == int(a.provider_id)
+        assert fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST") == []
+    finally:
+        metadata.close()
+
+
+def test_notify_master_script_moves_the_address_back_when_a_yielded_node_moved_it_last(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    a = provider.create_node(_spec("ash-elk", key))
+    b = provider.create_node(_spec("bold-fox", key))
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    metadata = _Metadata(int(b.provider_id))
+    try:
+        script = _render_script(
+            tmp_path, fake, rip.address, metadata.url, dynia_do_settle_seconds=6
+        )
+        running = subprocess.Popen(
+            ["bash", str(script), "INSTANCE", "VI_1", "MASTER", "150"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"PATH": os.environ["PATH"]},
+        )
+        deadline = time.monotonic() + 20
+        while fake.backend.assignments.get(rip.address) != int(b.provider_id):
+            assert time.monotonic() < deadline and running.poll() is None
+            time.sleep(0.1)
+        # The node that yielded moves the address last, while bold-fox is still MASTER.
+        provider.attach_reserved_ip(rip, a.provider_id)
+        _, stderr = running.communicate(timeout=30)
+        assert running.returncode == 0, stderr
+        assert "moving it back" in stderr
+        assert fake.backend.assignments[rip.address] == int(b.provider_id)
     finally:
         metadata.close()
 
