@@ -45,8 +45,11 @@ SCENARIOS = [
 
 # How many scenarios run at once (each has its own nodes, network and ephemeral directory). One
 # scenario leaves 2 cores partly idle: six scenarios took 331 s three at a time against 600 s one
-# after another. DYNIA_MOLECULE_WORKERS=1 runs them one after another.
-WORKERS = int(os.environ.get("DYNIA_MOLECULE_WORKERS", "3"))
+# after another. Beside another pytest-xdist worker's cluster, three at a time drove the load of
+# 2 cores to 7.5, so there two run at once. DYNIA_MOLECULE_WORKERS=1 runs them one after another.
+WORKERS = int(
+    os.environ.get("DYNIA_MOLECULE_WORKERS", "2" if os.environ.get("PYTEST_XDIST_WORKER") else "3")
+)
 
 pytestmark = pytest.mark.molecule
 
