@@ -163,8 +163,10 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         vips = [f"{master_marker(cluster)}/32 dev lo"]
         # Through bash: keepalived checks a script once, when it loads its config, and never
         # runs one that was missing then; bootstrap starts keepalived before sync copies the
-        # script, and a changed script needs no reload this way.
-        notify = f"/bin/bash {NOTIFY_MASTER_TARGET}"
+        # script, and a changed script needs no reload this way. /usr/bin/bash, not /bin/bash:
+        # keepalived's script security refuses a path through a symlink ("Wrong file type"), and
+        # /bin is one on merged-/usr systems (Debian 13), so notify-master would never run.
+        notify = f"/usr/bin/bash {NOTIFY_MASTER_TARGET}"
     return {
         "keepalived_router_name": node.name,
         "keepalived_track_script_name": "dynia_haproxy_alive",
