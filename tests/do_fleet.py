@@ -7,7 +7,9 @@ network, which plays the internet: the host, the fake API and the Reserved IPs l
 
 What cloud-init would do on a droplet is emulated from the request's user data: the pinned SSH
 host key (``ssh_keys``, ``ssh_deletekeys``), root's authorized keys from the request's SSH keys,
-and a check that python3 is there (the node image ships it instead of installing it).
+and a check that python3 is there (the node image ships it instead of installing it). A droplet
+boots the local release its image slug names (``debian-13-x64`` a Debian 13 node); a slug with no
+local release is refused, as DigitalOcean refuses an unknown image.
 
 A Reserved IP is an address of the public network. Assigning it really moves it: it leaves the
 previous holder's ``eth0``, is added to the new holder's, which announces it with gratuitous ARP,
@@ -15,7 +17,7 @@ and the host's neighbour entry is dropped, so traffic through the Reserved IP fo
 
 Use::
 
-    backend = FleetDropletBackend("c1a2b3", image=node_image)
+    backend = FleetDropletBackend("c1a2b3")
     with FakeDigitalOcean(backend=backend, host=backend.gateway) as fake:
         ...  # droplets of cluster c1a2b3 become nodes; fake.stop() removes them all
 """
@@ -41,6 +43,8 @@ from dynia.providers.local.nodes import (
 )
 
 PUBLIC_INTERFACE = "eth0"
+# DigitalOcean image slug -> the local node release that plays it.
+LOCAL_RELEASES = {"debian-12-x64": "debian-12", "debian-13-x64": "debian-13"}
 RESERVED_HOSTS = range(200, 250)  # outside the lower half Docker hands to containers
 
 # Sends gratuitous ARP (a request and a reply) for an address from an interface, like arping -U.
@@ -68,7 +72,6 @@ class FleetDropletBackend:
         self,
         cluster: str,
         *,
-        image: str,
         docker: Docker | None = None,
         ready_timeout: float = 90.0,
     ) -> None:
@@ -77,7 +80,6 @@ class FleetDropletBackend:
         # Readiness here is sshd answering; the login is Dynia's to check, with its own key.
         self.nodes = LocalNodeProvider(
             docker=self.docker,
-            image=image,
             private_key_for=lambda _cluster: None,
             ready_timeout=ready_timeout,
         )
@@ -101,8 +103,13 @@ class FleetDropletBackend:
         node = self._node_of(request)
         if not request.ssh_public_keys:
             raise DropletBackendError(f"droplet {request.name} names no SSH key")
+        release = LOCAL_RELEASES.get(request.image)
+        if release is None:
+            raise DropletBackendError(
+                f"droplet {request.name}: no local node release plays image {request.image!r}"
+            )
         spec = NodeSpec(
-            self.cluster, node, request.region, request.size, request.ssh_public_keys[0]
+            self.cluster, node, request.region, request.size, request.ssh_public_keys[0], release
         )
         made = self.nodes.create_node(spec)
         with self._lock:

@@ -3,7 +3,8 @@
 The `dynia` CLI runs as an operator would, against the loopback fakes of the DigitalOcean and
 Cloudflare APIs (through the real pydo and cloudflare SDKs). The fake's droplets are real local
 nodes (``do_fleet.FleetDropletBackend``): keepalived's notify-master script on a node calls the
-fake API, whose assign action really moves the Reserved IP between nodes.
+fake API, whose assign action really moves the Reserved IP between nodes. The droplets boot the
+default image, ``debian-13-x64``, as Debian 13 nodes.
 
 The tests share one cluster and run in file order: create -> deploy with a domain -> node add and
 remove under load -> failover by killing the MASTER under load -> no token anywhere it must not
@@ -204,13 +205,13 @@ def files_containing(roots: list[Path], needles: list[bytes], skip: set[Path]) -
 
 @pytest.fixture(scope="module")
 def env(
-    tmp_path_factory: pytest.TempPathFactory, node_image: str, busybox_image: str
+    tmp_path_factory: pytest.TempPathFactory, debian13_node_image: str, busybox_image: str
 ) -> Iterator[Env]:
     from fleet_fixtures import unique_prefix
 
     tmp_before = set(os.listdir("/tmp"))
     name = unique_prefix("do")
-    backend = FleetDropletBackend(name, image=node_image)
+    backend = FleetDropletBackend(name)  # droplets of debian-13-x64 boot Debian 13 nodes
     do = FakeDigitalOcean(f"dop_v1_{secrets.token_hex(32)}", backend=backend, host=backend.gateway)
     cf = FakeCloudflare(f"cf{secrets.token_hex(20)}")
     cf.add_zone(ZONE)
@@ -258,6 +259,11 @@ def test_create_and_deploy_with_a_domain_serve_https_through_the_reserved_ip(env
     state = env.state()
     assert state["status"] == "infra-ready" and len(state["nodes"]) == 3
     assert {n["provider_id"] for n in state["nodes"].values()} == {str(i) for i in env.do.droplets}
+    # No --image: the default slug, booted as a Debian 13 node.
+    assert state["image"] == "debian-13-x64"
+    assert {d["image"] for d in env.do.droplets.values()} == {"debian-13-x64"}
+    for node in state["nodes"]:
+        assert env.node_exec(node, ". /etc/os-release && echo $VERSION_ID") == "13"
     master = env.master()
     assert env.reserved_ip_holder() == int(master["provider_id"])
     assert env.backend.holder_of(env.reserved_ip) == int(master["provider_id"])
