@@ -93,8 +93,7 @@ def doctor(docker: Docker | None = None, images: Sequence[str] = ()) -> list[Che
     ]
     checks.extend(image_checks)
     built = [release for release, check in zip(releases, image_checks, strict=True) if check.ok]
-    node_check = _check_node_container(docker, built[0]) if built else None
-    checks.append(node_check or _skipped("node container"))
+    checks.append(_check_node_container(docker, built[0]) if built else _skipped("node container"))
     checks.append(_check_debootstrap())
     checks.append(_check_dns_server())
     return checks

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fakes import FakeDigitalOcean
 
 from dynia.errors import ProviderError
-from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.providers.base import NodeProvider, NodeSpec, ProvisionedNode, ReservedIpInfo
 from dynia.providers.digitalocean.api import RetryPolicy
 from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
 from dynia.render.renderer import template_environment
@@ -404,86 +405,96 @@ def _run(script: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_notify_master_script_moves_the_reserved_ip_to_its_own_droplet(
-    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
-) -> None:
-    a = provider.create_node(_spec("ash-elk", key))
-    b = provider.create_node(_spec("bold-fox", key))
+@dataclass
+class _MoveToBoldFox:
+    """The Reserved IP on ash-elk; the script runs "on" bold-fox (the metadata answers its id)."""
+
+    ash: ProvisionedNode
+    bold: ProvisionedNode
+    rip: ReservedIpInfo
+    metadata_url: str
+
+
+@pytest.fixture
+def move_to_bold_fox(provider: DigitalOceanNodeProvider, key: str) -> Iterator[_MoveToBoldFox]:
+    ash = provider.create_node(_spec("ash-elk", key))
+    bold = provider.create_node(_spec("bold-fox", key))
     rip = provider.allocate_reserved_ip("prod", "fra1")
-    provider.attach_reserved_ip(rip, a.provider_id)
-    metadata = _Metadata(int(b.provider_id))
+    provider.attach_reserved_ip(rip, ash.provider_id)
+    metadata = _Metadata(int(bold.provider_id))
     try:
-        script = _render_script(tmp_path, fake, rip.address, metadata.url)
-        assert "{{" not in script.read_text()
-        fake.rate_limit(1, path_prefix="/v2/reserved_ips", reset_in=1)
-
-        moved = _run(script)
-        assert moved.returncode == 0, moved.stderr
-        assert fake.backend.assignments[rip.address] == int(b.provider_id)
-        assert f"assigned {rip.address} to droplet {b.provider_id}" in moved.stderr
-
-        posts = len(fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST"))
-        again = _run(script)
-        assert again.returncode == 0
-        assert "already assigned" in again.stderr
-        assert len(fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST")) == posts
-        assert fake.token not in moved.stderr + moved.stdout + again.stderr
+        yield _MoveToBoldFox(ash, bold, rip, metadata.url)
     finally:
         metadata.close()
+
+
+def test_notify_master_script_moves_the_reserved_ip_to_its_own_droplet(
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
+) -> None:
+    b, rip = move_to_bold_fox.bold, move_to_bold_fox.rip
+    script = _render_script(tmp_path, fake, rip.address, move_to_bold_fox.metadata_url)
+    assert "{{" not in script.read_text()
+    fake.rate_limit(1, path_prefix="/v2/reserved_ips", reset_in=1)
+
+    moved = _run(script)
+    assert moved.returncode == 0, moved.stderr
+    assert fake.backend.assignments[rip.address] == int(b.provider_id)
+    assert f"assigned {rip.address} to droplet {b.provider_id}" in moved.stderr
+
+    posts = len(fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST"))
+    again = _run(script)
+    assert again.returncode == 0
+    assert "already assigned" in again.stderr
+    assert len(fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST")) == posts
+    assert fake.token not in moved.stderr + moved.stdout + again.stderr
 
 
 def test_notify_master_script_leaves_the_address_when_the_node_is_no_longer_master(
-    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
 ) -> None:
     # A backup that was MASTER for a moment (an election on busy nodes) and yielded: keepalived
     # took its marker address away before the script got to move the Reserved IP.
-    a = provider.create_node(_spec("ash-elk", key))
-    b = provider.create_node(_spec("bold-fox", key))
-    rip = provider.allocate_reserved_ip("prod", "fra1")
-    provider.attach_reserved_ip(rip, a.provider_id)
-    metadata = _Metadata(int(b.provider_id))
-    try:
-        script = _render_script(
-            tmp_path, fake, rip.address, metadata.url, dynia_do_master_marker="169.254.0.250"
-        )
-        yielded = _run(script)
-        assert yielded.returncode == 0, yielded.stderr
-        assert "no longer MASTER" in yielded.stderr
-        assert fake.backend.assignments[rip.address] == int(a.provider_id)
-        assert fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST") == []
-    finally:
-        metadata.close()
+    a, rip = move_to_bold_fox.ash, move_to_bold_fox.rip
+    script = _render_script(
+        tmp_path,
+        fake,
+        rip.address,
+        move_to_bold_fox.metadata_url,
+        dynia_do_master_marker="169.254.0.250",
+    )
+    yielded = _run(script)
+    assert yielded.returncode == 0, yielded.stderr
+    assert "no longer MASTER" in yielded.stderr
+    assert fake.backend.assignments[rip.address] == int(a.provider_id)
+    assert fake.statuses(f"/v2/reserved_ips/{rip.address}/actions", "POST") == []
 
 
 def test_notify_master_script_moves_the_address_back_when_a_yielded_node_moved_it_last(
-    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+    fake: FakeDigitalOcean,
+    provider: DigitalOceanNodeProvider,
+    move_to_bold_fox: _MoveToBoldFox,
+    tmp_path: Path,
 ) -> None:
-    a = provider.create_node(_spec("ash-elk", key))
-    b = provider.create_node(_spec("bold-fox", key))
-    rip = provider.allocate_reserved_ip("prod", "fra1")
-    metadata = _Metadata(int(b.provider_id))
-    try:
-        script = _render_script(
-            tmp_path, fake, rip.address, metadata.url, dynia_do_settle_seconds=6
-        )
-        running = subprocess.Popen(
-            ["bash", str(script), "INSTANCE", "VI_1", "MASTER", "150"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={"PATH": os.environ["PATH"]},
-        )
-        deadline = time.monotonic() + 20
-        while fake.backend.assignments.get(rip.address) != int(b.provider_id):
-            assert time.monotonic() < deadline and running.poll() is None
-            time.sleep(0.1)
-        # The node that yielded moves the address last, while bold-fox is still MASTER.
-        provider.attach_reserved_ip(rip, a.provider_id)
-        _, stderr = running.communicate(timeout=30)
-        assert running.returncode == 0, stderr
-        assert "moving it back" in stderr
-        assert fake.backend.assignments[rip.address] == int(b.provider_id)
-    finally:
-        metadata.close()
+    a, b, rip = move_to_bold_fox.ash, move_to_bold_fox.bold, move_to_bold_fox.rip
+    script = _render_script(
+        tmp_path, fake, rip.address, move_to_bold_fox.metadata_url, dynia_do_settle_seconds=6
+    )
+    running = subprocess.Popen(
+        ["bash", str(script), "INSTANCE", "VI_1", "MASTER", "150"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+    deadline = time.monotonic() + 20
+    while fake.backend.assignments.get(rip.address) != int(b.provider_id):
+        assert time.monotonic() < deadline and running.poll() is None
+        time.sleep(0.1)
+    # The node that yielded moves the address last, while bold-fox is still MASTER.
+    provider.attach_reserved_ip(rip, a.provider_id)
+    _, stderr = running.communicate(timeout=30)
+    assert running.returncode == 0, stderr
+    assert "moving it back" in stderr
+    assert fake.backend.assignments[rip.address] == int(b.provider_id)
 
 
 def test_notify_master_script_refuses_a_readable_token_file_and_reports_a_bad_token(
