@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,11 @@ from create_runs import (
     READY_LINE,
     Cluster,
     alive,
-    cluster_of_one_test,
     descendants,
     report_time,
 )
 
 pytestmark = pytest.mark.fleet
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, node_image: str) -> Iterator[Cluster]:
-    with cluster_of_one_test(tmp_path) as made:
-        yield made
 
 
 def test_ctrl_c_after_the_first_node_then_rerun_resumes(cluster: Cluster) -> None:

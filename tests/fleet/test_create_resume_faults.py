@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from create_runs import (
     Cluster,
-    cluster_of_one_test,
     descendants,
     docker,
     report_time,
 )
 
 pytestmark = pytest.mark.fleet
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, node_image: str) -> Iterator[Cluster]:
-    with cluster_of_one_test(tmp_path) as made:
-        yield made
 
 
 def test_clean_create_then_same_name_with_another_dns_provider_is_refused(
