@@ -110,7 +110,7 @@ class EventCollector:
             status = "changed"
         if status in ("failed", "unreachable") and not data.get("ignore_errors"):
             result.failures.append(f"{data.get('task', 'a task')}: {failure_message(res)}")
-        if status == "ok":
+        if status in ("ok", "changed"):  # a comparison that wrote the pending marker changed
             self._collect_reports(host, res)
         self._emit(host, data.get("task", ""), status)
 

@@ -16,14 +16,15 @@ from dynia.runner.events import EventCollector, PlaybookResult
 DRIFTED = {"node": "", "path": "/etc/haproxy/haproxy.cfg", "expected": "a", "actual": "b"}
 
 
-def comparison(host: str, drift: list[dict[str, Any]]) -> dict[str, Any]:
+def comparison(host: str, drift: list[dict[str, Any]], *, changed: bool = False) -> dict[str, Any]:
+    """A comparison's event; it is `changed` when it wrote or cleared the pending marker."""
     entries = [{**entry, "node": host} for entry in drift]
     return {
         "event": "runner_on_ok",
         "event_data": {
             "host": host,
             "task": "Compare this node's files with the manifest in one pass",
-            "res": {"changed": False, "dynia_drift": entries},
+            "res": {"changed": changed, "dynia_drift": entries},
         },
     }
 
@@ -56,6 +57,18 @@ def test_the_comparison_after_the_change_replaces_the_one_before() -> None:
     events += [comparison(changed, []), stats(nodes)]
     report = compared_by_sync(cluster, sync_result(events))
     assert report is not None and report.clean
+
+
+def test_a_sync_that_changed_every_node_needs_no_drift_check() -> None:
+    cluster = sample_cluster()
+    nodes = sorted(cluster.nodes)
+    # Both comparisons of a changed node report `changed`: the first writes the pending
+    # marker, the one after the change clears it and removes the backups.
+    events = [comparison(node, [DRIFTED], changed=True) for node in nodes]
+    events += [comparison(node, [], changed=True) for node in nodes]
+    report = compared_by_sync(cluster, sync_result([*events, stats(nodes)]))
+    assert report is not None and report.clean
+    assert report.nodes == nodes
 
 
 def test_a_file_still_differing_after_the_change_is_reported() -> None:
