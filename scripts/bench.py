@@ -27,6 +27,7 @@ COMPOSE = """services:
   web:
     image: {image}
     command: [sh, -c, "mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www"]
+    init: true
     environment:
       BENCH_REVISION: "{revision}"
     expose: ["8080"]

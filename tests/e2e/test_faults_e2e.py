@@ -37,6 +37,7 @@ services:
         mkdir -p /www/cgi-bin && echo ok > /www/healthz && echo v1 > /www/version &&
         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env &&
         chmod +x /www/cgi-bin/env && exec httpd -f -p 8080 -h /www
+    init: true  # a PID-1 httpd ignores SIGTERM: every recreate would wait 10 s for its kill
     expose: ["8080"]
 """
 

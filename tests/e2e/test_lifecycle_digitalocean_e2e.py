@@ -112,6 +112,7 @@ class Env:
             f"    image: {self.image}\n"
             '    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && '
             f'echo {version} > /www/version && exec httpd -f -p 8080 -h /www"]\n'
+            "    init: true\n"  # a PID-1 httpd ignores SIGTERM; stopping it would take 10 s
             '    expose: ["8080"]\n'
         )
         return path

@@ -63,6 +63,7 @@ class Env:
             f"    image: {self.image}\n"
             '    command: ["sh", "-c", "mkdir -p /www && '
             f'echo {version} > /www/version && {health}exec httpd -f -p 8080 -h /www"]\n'
+            "    init: true\n"  # a PID-1 httpd ignores SIGTERM; stopping it would take 10 s
             '    expose: ["8080"]\n'
             + (f'    environment: {{E2E_REVISION: "{revision}"}}\n' if revision else "")
         )

@@ -118,6 +118,7 @@ def test_first_domain_switches_the_node_to_an_origin_certificate(env: Env) -> No
         f"    image: {env.image}\n"
         '    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && '
         'exec httpd -f -p 8080 -h /www"]\n'
+        "    init: true\n"
         '    expose: ["8080"]\n'
     )
     started = time.monotonic()

@@ -35,6 +35,7 @@ services:
       - >-
         [ -f /data/index.html ] || echo "page $$(cat /proc/sys/kernel/random/uuid)"
         > /data/index.html; exec httpd -f -p 8080 -h /data
+    init: true  # a PID-1 httpd ignores SIGTERM: every recreate would wait 10 s for its kill
     volumes: ["data:/data"]
 volumes:
   data: {{}}
