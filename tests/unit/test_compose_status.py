@@ -1,5 +1,6 @@
 """The dynia_service role reads compose's structured output, v1 (through `docker inspect`) and
-v2 (`docker compose ps --format json`) alike: the containers it still waits for."""
+v2 (`docker compose ps --format json`) alike: the containers it still waits for
+(library/dynia_compose_up)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _compose_status() -> ModuleType:
-    path = REPO / "roles/dynia_service/filter_plugins/compose_status.py"
-    spec = importlib.util.spec_from_file_location("compose_status", path)
+def _compose_up() -> ModuleType:
+    path = REPO / "roles/dynia_service/library/dynia_compose_up.py"
+    spec = importlib.util.spec_from_file_location("dynia_compose_up", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -66,4 +67,17 @@ def _v1_inspect(name: str, status: str, health: str | None) -> dict[str, object]
 def test_containers_not_ready_read_the_same_from_v1_and_v2(
     output: str, waiting_for: list[str]
 ) -> None:
-    assert _compose_status().not_ready(output) == waiting_for
+    module = _compose_up()
+    assert module.not_ready(module.containers(output)) == waiting_for
+
+
+def test_the_status_is_read_as_json_from_v2_and_through_docker_inspect_from_v1() -> None:
+    module = _compose_up()
+    v2 = ["docker", "compose", "-p", "dynia-web", "-f", "/opt/dynia/services/web/compose.yml"]
+    v1 = ["docker-compose", "-p", "dynia-web", "-f", "/opt/dynia/services/my web/compose.yml"]
+    assert module.status_script(v2) == (
+        "docker compose -p dynia-web -f /opt/dynia/services/web/compose.yml ps --all --format json"
+    )
+    v1_script = module.status_script(v1)
+    assert "'/opt/dynia/services/my web/compose.yml' ps -q" in v1_script  # quoted for the shell
+    assert v1_script.endswith("docker inspect $ids")

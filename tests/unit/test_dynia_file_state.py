@@ -179,3 +179,19 @@ def test_components_without_an_order_reload_last_by_name(
     assert [
         r["component"] for r in file_state.reload_plan(list(components), components, False)
     ] == (expected)
+
+
+def test_the_node_records_the_revision_it_runs_once_and_leaves_its_hold(tmp_path: Path) -> None:
+    revision_file = tmp_path / "var/lib/dynia/revision"
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    assert file_state.record_revision(str(revision_file), "r2", str(hold)) == [
+        "recorded",
+        "released",
+    ]
+    assert revision_file.read_text() == "r2\n"
+    assert not hold.exists()
+    # Running it again changes nothing: a no-op sync reports no change on the node.
+    assert file_state.record_revision(str(revision_file), "r2", str(hold)) == []
+    assert file_state.record_revision(str(revision_file), "r3", None) == ["recorded"]
+    assert revision_file.read_text() == "r3\n"

@@ -4,7 +4,8 @@ the node does: which files it copies, which components it reloads and how.
 
 Read-only unless asked: a sync also has it write its pending marker when the node is about to
 change, and, once the node is back, remove the backups and the marker before comparing again,
-so that each of those steps costs no round trip of its own.
+and record the revision the node runs, so that each of those steps costs no round trip of its
+own.
 
 The planning is pure Python (``plan_sync``) so it is computed once, here, and unit-tested
 (tests/unit/test_dynia_file_state.py), instead of in chains of Jinja filters.
@@ -92,6 +93,16 @@ options:
     description: Delete I(pending_marker) before comparing (the node is healthy and back).
     type: bool
     default: false
+  revision:
+    description:
+      - The revision the sync rolls out. Given with I(revision_file), the node records it there
+        (and I(hold_file) is deleted) once it runs it, that is when the plan applies nothing or,
+        without I(components), after the change.
+    type: str
+  revision_file: {description: Where the node records the revision it runs., type: str}
+  hold_file:
+    description: File that holds a node out of rotation after boot; deleted with the record.
+    type: str
 """
 
 RETURN = r"""
@@ -348,6 +359,28 @@ def remove_files(paths: list[str]) -> list[str]:
     return removed
 
 
+def record_revision(path: str, revision: str, hold_file: str | None) -> list[str]:
+    """Record ``revision`` in ``path`` (atomically, when it differs) and delete ``hold_file``:
+    the node runs the revision. What was done: "recorded", "released"."""
+    done = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = handle.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded != revision:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(revision + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+        done.append("recorded")
+    if hold_file and remove_files([hold_file]):
+        done.append("released")
+    return done
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -361,6 +394,9 @@ def main() -> None:
             "mark_pending": {"type": "bool", "default": False},
             "remove_paths": {"type": "list", "elements": "str", "default": []},
             "clear_pending_marker": {"type": "bool", "default": False},
+            "revision": {"type": "str"},
+            "revision_file": {"type": "str"},
+            "hold_file": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -411,6 +447,13 @@ def main() -> None:
             if not module.check_mode:
                 write_pending(marker, result["plan"]["triggered"])
             result["changed"] = True
+    params = module.params
+    runs_revision = "plan" not in result or not result["plan"]["apply"]
+    if params["revision"] and params["revision_file"] and runs_revision and not module.check_mode:
+        result["recorded"] = record_revision(
+            params["revision_file"], params["revision"], params["hold_file"]
+        )
+        result["changed"] = result["changed"] or bool(result["recorded"])
     module.exit_json(**result)
 
 
