@@ -31,7 +31,7 @@ def load(relative: str) -> ModuleType:
     return module
 
 
-haproxy_state = load("library/dynia_haproxy_state.py")
+haproxy_state = load("action_plugins/dynia_haproxy_state.py")
 node_health = load("library/dynia_node_health.py")
 file_state = load("library/dynia_file_state.py")
 filters = load("filter_plugins/dynia_sync.py")
@@ -94,6 +94,17 @@ def test_what_each_host_answered(
     rc: int, stdout: str, stderr: str, expected: tuple[bool, str]
 ) -> None:
     assert haproxy_state.outcome(rc, stdout, stderr) == expected
+
+
+def test_a_host_that_fails_fails_the_task_and_is_named_with_its_answer() -> None:
+    params = {"server": "b", "state": "drain"}
+    ok = haproxy_state.task_result(params, {"a": (True, "drain"), "c": (True, "skipped: x")})
+    assert ok == {"changed": True, "hosts": {"a": "drain", "c": "skipped: x"}}
+    failed = haproxy_state.task_result(
+        params, {"a": (True, "drain"), "c": (False, "Connection refused")}
+    )
+    assert failed["failed"] is True
+    assert failed["msg"] == "could not set b to drain on the HAProxy of c: c: Connection refused"
 
 
 def test_ssh_targets_carry_each_hosts_connection_variables() -> None:

@@ -1,20 +1,8 @@
 #!/usr/bin/python
-"""Set one server's state on every HAProxy of the cluster at once, from the controller.
-
-Runs on the controller (delegated to localhost): one SSH command per HAProxy host, all in
-parallel, over the connection Ansible already holds open to each host (its ControlPath). A
-delegated task looped over the hosts would cost one round trip after another, per node drained
-and again per node put back.
-"""
+"""Documentation of the dynia_haproxy_state action plugin (action_plugins/dynia_haproxy_state.py),
+which runs on the controller and has no module part on the node."""
 
 from __future__ import annotations
-
-import os
-import shlex
-import subprocess
-import time
-
-from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: dynia_haproxy_state
@@ -25,7 +13,7 @@ description:
     sessions left (or I(drain_timeout) passes).
   - A host whose HAProxy is not running, has no admin socket yet, or does not list the server
     yet is skipped, not failed. A host that cannot be reached, or lacks C(socat), fails the task.
-  - Runs on the controller; delegate it to localhost.
+  - Runs on the controller, as an action plugin; the node itself is not contacted.
 options:
   server: {description: Server name (the node's)., type: str, required: true}
   backend: {description: HAProxy backend the server is in., type: str, required: true}
@@ -64,130 +52,3 @@ hosts:
   type: dict
   returned: always
 """
-
-# Runs on each HAProxy host: bash -c SCRIPT dynia-haproxy-state SOCKET BACKEND/SERVER STATE TIMEOUT
-REMOTE_SCRIPT = r"""
-set -uo pipefail
-sock=$1 server=$2 state=$3 timeout=$4
-if [ ! -S "$sock" ]; then echo "skipped: no haproxy admin socket"; exit 0; fi
-command -v socat >/dev/null || { echo "socat is not installed" >&2; exit 2; }
-if ! out=$(echo "set server $server state $state" | socat -t 2 stdio "unix-connect:$sock" 2>&1)
-then
-  echo "skipped: haproxy not answering: $out"; exit 0
-fi
-case "$out" in *[a-zA-Z]*) echo "skipped: $out"; exit 0;; esac
-if [ "$state" = drain ]; then
-  end=$(( $(date +%s) + timeout ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    cur=$(echo "show stat" | socat -t 2 stdio "unix-connect:$sock" \
-          | awk -F, -v s="$server" '$1 "/" $2 == s {print $5}')
-    [ "${cur:-0}" = 0 ] && break
-    sleep 0.2
-  done
-fi
-echo "$state"
-"""
-
-CONNECT_TIMEOUT = 10
-
-
-def control_path(template: str, directory: str) -> str:
-    """Ansible's ControlPath for a host: its ``control_path`` with the directory filled in."""
-    if not template:
-        return ""
-    return template % {"directory": os.path.expanduser(directory or "~/.ansible/cp")}
-
-
-def ssh_command(host: dict, ssh_args: str, path: str, remote_args: list[str]) -> list[str]:
-    """The ssh command that runs the remote script on ``host`` as Ansible would connect."""
-    command = ["ssh", *shlex.split(ssh_args or "")]
-    if path:
-        command += ["-o", f"ControlPath={path}"]
-    command += shlex.split(host.get("common_args") or "")
-    if host.get("key"):
-        command += ["-o", f"IdentityFile={host['key']}"]
-    if host.get("user"):
-        command += ["-o", f"User={host['user']}"]
-    if host.get("port"):
-        command += ["-o", f"Port={int(host['port'])}"]
-    command += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}"]
-    words = ["bash", "-c", REMOTE_SCRIPT, "dynia-haproxy-state", *remote_args]
-    remote = " ".join(shlex.quote(word) for word in words)
-    return [*command, "--", host["address"], remote]
-
-
-def outcome(rc: int, stdout: str, stderr: str) -> tuple[bool, str]:
-    """(ok, what the host answered) from one host's ssh run."""
-    lines = stdout.strip().splitlines()
-    answer = lines[-1] if lines else ""
-    if rc == 0:
-        return True, answer
-    detail = (stderr.strip().splitlines() or [answer or f"exit {rc}"])[-1]
-    return False, detail
-
-
-def set_state_everywhere(params: dict) -> dict[str, tuple[bool, str]]:
-    """Start every host's command at once, then collect each; name -> (ok, answer)."""
-    path = control_path(params["control_path"], params["control_path_dir"])
-    remote_args = [
-        params["socket"],
-        f"{params['backend']}/{params['server']}",
-        params["state"],
-        str(params["drain_timeout"]),
-    ]
-    started = {}
-    for host in params["hosts"]:
-        started[host["name"]] = subprocess.Popen(
-            ssh_command(host, params["ssh_args"], path, remote_args),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    deadline = time.monotonic() + params["drain_timeout"] + CONNECT_TIMEOUT + 10
-    results = {}
-    for name, process in started.items():
-        try:
-            stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            results[name] = outcome(process.returncode, stdout, stderr)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            results[name] = (False, "timed out")
-    return results
-
-
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "server": {"type": "str", "required": True},
-            "backend": {"type": "str", "required": True},
-            "socket": {"type": "str", "required": True},
-            "state": {"type": "str", "required": True, "choices": ["drain", "ready"]},
-            "drain_timeout": {"type": "int", "default": 10},
-            "hosts": {"type": "list", "elements": "dict", "required": True},
-            "ssh_args": {"type": "str", "default": ""},
-            "control_path": {"type": "str", "default": ""},
-            "control_path_dir": {"type": "str", "default": ""},
-        },
-        supports_check_mode=False,
-    )
-    results = set_state_everywhere(module.params)
-    answers = {name: answer for name, (_, answer) in results.items()}
-    failed = sorted(name for name, (ok, _) in results.items() if not ok)
-    if failed:
-        module.fail_json(
-            msg="could not set {} to {} on the HAProxy of {}: {}".format(
-                module.params["server"],
-                module.params["state"],
-                ", ".join(failed),
-                "; ".join(f"{name}: {answers[name]}" for name in failed),
-            ),
-            hosts=answers,
-        )
-    changed = any(answer == module.params["state"] for answer in answers.values())
-    module.exit_json(changed=changed, hosts=answers)
-
-
-if __name__ == "__main__":
-    main()
