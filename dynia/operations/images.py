@@ -7,6 +7,7 @@ and skipped on nodes that already hold the same image id.
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from dynia import ssh
@@ -14,6 +15,10 @@ from dynia.errors import ProviderError, UsageError
 from dynia.operations import Progress
 from dynia.paths import HomeLayout
 from dynia.state.models import Cluster, Node, Service
+
+# Nodes looked at, or loaded, at the same time: enough for a cluster's worth at once without
+# opening a hundred SSH connections on a big one.
+_MAX_PARALLEL_NODES = 8
 
 
 def _docker(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -85,20 +90,41 @@ def _ship(layout: HomeLayout, cluster: Cluster, node: Node, image: str) -> None:
         )
 
 
+def _ship_to_node(
+    layout: HomeLayout,
+    cluster: Cluster,
+    node: Node,
+    images: list[tuple[str, str]],
+    progress: Progress,
+) -> int:
+    """Load each ``(image, id)`` the node lacks onto it; returns copies made."""
+    copies = 0
+    for image, image_id in images:
+        if _node_image_id(layout, cluster, node, image) == image_id:
+            continue
+        progress(f"  copying image {image} to {node.name}")
+        _ship(layout, cluster, node, image)
+        copies += 1
+    return copies
+
+
 def ship_service_images(
     layout: HomeLayout, cluster: Cluster, services: list[Service], progress: Progress
 ) -> int:
-    """Load every service image onto every node lacking that exact id; returns copies made."""
-    copies = 0
-    for service in services:
-        for image, image_id in sorted(service.image_ids.items()):
-            for node in sorted(cluster.nodes.values(), key=lambda n: n.name):
-                if _node_image_id(layout, cluster, node, image) == image_id:
-                    continue
-                progress(f"  copying image {image} to {node.name}")
-                _ship(layout, cluster, node, image)
-                copies += 1
-    return copies
+    """Load every service image onto every node lacking that exact id; returns copies made.
+
+    The nodes are served at once: each look at a node is an SSH connection of its own, and a
+    node that has every image already costs only that look.
+    """
+    images = sorted({pair for service in services for pair in service.image_ids.items()})
+    nodes = sorted(cluster.nodes.values(), key=lambda n: n.name)
+    if not images or not nodes:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(len(nodes), _MAX_PARALLEL_NODES)) as pool:
+        copies = [
+            pool.submit(_ship_to_node, layout, cluster, node, images, progress) for node in nodes
+        ]
+        return sum(copy.result() for copy in copies)
 
 
 class ImageTransfer(Protocol):
