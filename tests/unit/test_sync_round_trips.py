@@ -1,9 +1,10 @@
 """The pieces that keep a rolling step to few round trips, tested without nodes.
 
 Draining a node reaches every HAProxy at once from the controller over Ansible's own SSH
-connections (library/dynia_haproxy_state); the node polls its health URLs itself
+connections (action_plugins/dynia_haproxy_state); the node polls its health URLs itself
 (library/dynia_node_health); the comparison writes and clears the pending marker and removes
-the backups (library/dynia_file_state); the role's filters feed them.
+the backups (library/dynia_file_state); one call reloads the changed units in order
+(library/dynia_units); the role's filters feed them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def load(relative: str) -> ModuleType:
 haproxy_state = load("action_plugins/dynia_haproxy_state.py")
 node_health = load("library/dynia_node_health.py")
 file_state = load("library/dynia_file_state.py")
+units = load("library/dynia_units.py")
 filters = load("filter_plugins/dynia_sync.py")
 
 
@@ -206,3 +208,19 @@ def test_removing_files_skips_the_ones_already_gone(tmp_path: Path) -> None:
     backup.write_text("old\n")
     assert file_state.remove_files([str(backup), str(tmp_path / "gone")]) == [str(backup)]
     assert not backup.exists()
+
+
+# --- reloading the changed units in one call ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "active", "verb"),
+    [
+        ("reloaded", True, "reload"),
+        ("reloaded", False, "start"),  # as systemd_service: a stopped unit is started
+        ("restarted", True, "restart"),
+        ("restarted", False, "restart"),
+    ],
+)
+def test_each_unit_gets_what_systemd_service_would_do(state: str, active: bool, verb: str) -> None:
+    assert units.verb_for(state, active) == verb
