@@ -4,23 +4,15 @@ v2 (`docker compose ps --format json`) alike: the containers it still waits for
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from role_code import load_role_code
 
 
 def _compose_up() -> ModuleType:
-    path = REPO / "roles/dynia_service/library/dynia_compose_up.py"
-    spec = importlib.util.spec_from_file_location("dynia_compose_up", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_role_code("dynia_service", "library/dynia_compose_up.py")
 
 
 def _v2_line(name: str, state: str, health: str) -> str:

@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import base64
 import grp
-import importlib.util
 import os
 import pwd
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from role_code import load_role_code
 
-ROLE = Path(__file__).parents[2] / "roles/dynia_sync"
-
-
-def load(relative: str) -> ModuleType:
-    path = ROLE / relative
-    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-file_copy = load("library/dynia_file_copy.py")
-copy_action = load("action_plugins/dynia_file_copy.py")
+file_copy = load_role_code("dynia_sync", "library/dynia_file_copy.py")
+copy_action = load_role_code("dynia_sync", "action_plugins/dynia_file_copy.py")
 
 
 def entry(target: Path, text: str, mode: str = "0644", **extra: str) -> dict[str, Any]:

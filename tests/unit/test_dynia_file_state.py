@@ -7,25 +7,13 @@ order, and what a rollback stops or brings back.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from role_code import load_role_code
 
-MODULE_PATH = Path(__file__).parents[2] / "roles/dynia_sync/library/dynia_file_state.py"
-
-
-def load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dynia_file_state", MODULE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-file_state = load_module()
+file_state = load_role_code("dynia_sync", "library/dynia_file_state.py")
 
 COMPONENTS: dict[str, dict[str, Any]] = {
     "firewall": {"action": "reload", "unit": "dynia-firewall", "order": 0},

@@ -9,34 +9,21 @@ the backups (library/dynia_file_state); one call reloads the changed units in or
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from role_code import load_role_code
 
-ROLE = Path(__file__).parents[2] / "roles/dynia_sync"
-
-
-def load(relative: str) -> ModuleType:
-    path = ROLE / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-haproxy_state = load("action_plugins/dynia_haproxy_state.py")
-node_health = load("library/dynia_node_health.py")
-file_state = load("library/dynia_file_state.py")
-units = load("library/dynia_units.py")
-filters = load("filter_plugins/dynia_sync.py")
+haproxy_state = load_role_code("dynia_sync", "action_plugins/dynia_haproxy_state.py")
+node_health = load_role_code("dynia_sync", "library/dynia_node_health.py")
+file_state = load_role_code("dynia_sync", "library/dynia_file_state.py")
+units = load_role_code("dynia_sync", "library/dynia_units.py")
+filters = load_role_code("dynia_sync", "filter_plugins/dynia_sync.py")
 
 
 # --- reaching every HAProxy at once ---------------------------------------------------------
