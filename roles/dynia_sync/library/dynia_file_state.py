@@ -338,13 +338,20 @@ def plan_sync(
     }
 
 
-def write_pending(path: str, components: list[str]) -> None:
-    """Write the pending marker atomically (a half-written marker would name no component)."""
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0644) through a temporary file: a reader sees the old
+    content or the new, never half of it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"components": components}) + "\n")
+        handle.write(text)
     os.chmod(temporary, 0o644)
     os.replace(temporary, path)
+
+
+def write_pending(path: str, components: list[str]) -> None:
+    """Write the pending marker (a half-written marker would name no component)."""
+    write_atomically(path, json.dumps({"components": components}) + "\n")
 
 
 def remove_files(paths: list[str]) -> list[str]:
@@ -369,12 +376,7 @@ def record_revision(path: str, revision: str, hold_file: str | None) -> list[str
     except FileNotFoundError:
         recorded = None
     if recorded != revision:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(revision + "\n")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        write_atomically(path, revision + "\n")
         done.append("recorded")
     if hold_file and remove_files([hold_file]):
         done.append("released")
