@@ -77,6 +77,10 @@ class DriftError(DyniaError):
     exit_code = 8
 
 
+class LeftBehindError(DriftError):
+    """A roll went on without nodes that did not answer; they keep their previous files."""
+
+
 class VerifyError(DyniaError):
     """End-to-end verification (DNS, TLS, health path) failed."""
 

@@ -8,6 +8,7 @@ key is refused, never learned.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -119,6 +120,11 @@ def read_known_hosts(path: Path) -> dict[str, list[str]]:
         if len(parts) >= 3 and not line.startswith("#"):
             hosts.setdefault(parts[0], []).append(f"{parts[1]} {parts[2]}")
     return hosts
+
+
+def failure_reason(error: SshError) -> str:
+    """Why a connection failed, without the ``ssh user@host failed:`` its message starts with."""
+    return re.sub(r"^ssh \S+ failed: ", "", error.message)
 
 
 def ssh_options(known_hosts: Path, connect_timeout: int = 5) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynia.errors import NotFoundError, UsageError, VerifyError
+from dynia.errors import LeftBehindError, NotFoundError, UsageError, VerifyError
 from dynia.operations import infra, rollout
 from dynia.operations.clusters import cluster_transaction, require_provisioned
 from dynia.operations.deploy_config import render_cluster
@@ -10,6 +10,7 @@ from dynia.operations.run_context import RunContext
 from dynia.state.models import (
     MASTER_PRIORITY,
     NODE_JOINING,
+    NODE_OUT_OF_SYNC,
     NODE_PROVISIONING,
     NODE_READY,
     Cluster,
@@ -51,10 +52,15 @@ def add_node(ctx: RunContext) -> Node:
         infra.create_planned_nodes(
             ctx, txn, cluster, provider, public_key, created_status=NODE_JOINING
         )
-        _join(ctx, cluster, unfinished)
+        unanswered = _join(ctx, cluster, unfinished)
         for name in unfinished:
             cluster.nodes[name].status = NODE_READY
+        for name in unanswered:
+            cluster.nodes[name].status = NODE_OUT_OF_SYNC
         txn.save()
+        if unanswered:
+            left = rollout.left_behind(unanswered)
+            raise LeftBehindError(f"{unfinished[0]} joined, but {left.message}", hint=left.hint)
         return cluster.nodes[unfinished[0]]
 
 
@@ -91,12 +97,18 @@ def join_roll_hosts(joining: list[str]) -> str:
     return ":".join([*joining, "backup", "master"])
 
 
-def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> None:
-    """Bootstrap the new node, then one roll: it first, its peers next, its VRRP last."""
+def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> dict[str, str]:
+    """Bootstrap the new node, then one roll: it first, its peers next, its VRRP last.
+
+    A peer that does not answer is left out; returns those, with why. It learns of the new node
+    at the next sync.
+    """
     ctx.progress("Preparing the new node (bootstrap; keepalived waits until its peers know it)")
     render_cluster(ctx.layout, cluster)
     hold = {"dynia_bootstrap_hold_components": _HOLD_VRRP}
     rollout.run(ctx, cluster, "bootstrap.yml", extra_vars=hold, limit=",".join(joining))
+    peers = [name for name in cluster.nodes if name not in joining]
+    answering, unanswered = rollout.answering_nodes(ctx, cluster, peers)
     _ship_images(ctx, cluster)
     ctx.progress(
         "Rolling sync: the new node serves first, then its peers route to it one at a time, "
@@ -106,7 +118,10 @@ def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> None:
         "dynia_sync_hosts": join_roll_hosts(joining),
         "dynia_sync_drain": join_roll_drain(joining),
     }
-    rollout.run(ctx, cluster, "sync.yml", extra_vars=roll)  # deploy-config is already rendered
+    limit = ",".join([*joining, *answering]) if unanswered else None
+    # deploy-config is already rendered
+    rollout.run(ctx, cluster, "sync.yml", extra_vars=roll, limit=limit)
+    return unanswered
 
 
 def _ship_images(ctx: RunContext, cluster: Cluster) -> None:
@@ -145,13 +160,19 @@ def remove_node(ctx: RunContext, node_name: str) -> None:
             infra.set_priorities(cluster, successor.name)
             infra.attach_reserved_ip(ctx, txn, cluster, provider)
         progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
-        remaining = ",".join(sorted(n for n in cluster.nodes if n != node_name))
+        remaining = sorted(n for n in cluster.nodes if n != node_name)
         del cluster.nodes[node_name]
-        rollout.render_and_sync(ctx, cluster, limit=remaining)
+        answering, unanswered = rollout.answering_nodes(ctx, cluster, remaining)
+        rollout.render_and_sync(ctx, cluster, limit=",".join(answering))
         progress(f"Deleting {node_name}")
         provider.delete_node(cluster.name, node.provider_id)
         infra.write_known_hosts(ctx.layout, cluster)
+        for name in unanswered:
+            cluster.nodes[name].status = NODE_OUT_OF_SYNC
         txn.save()
+        if unanswered:
+            left = rollout.left_behind(unanswered)
+            raise LeftBehindError(f"{node_name} was removed, but {left.message}", hint=left.hint)
 
 
 def _hand_over(ctx: RunContext, cluster: Cluster, node_name: str) -> None:

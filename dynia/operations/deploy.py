@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynia.errors import DriftError, NotFoundError, RunnerError, UsageError, VerifyError
+from dynia.errors import (
+    DriftError,
+    LeftBehindError,
+    NotFoundError,
+    RunnerError,
+    UsageError,
+    VerifyError,
+)
 from dynia.operations import certificates, infra, rollout
 from dynia.operations.clusters import get_cluster, require_provisioned, resolve_cluster_name
 from dynia.operations.deploy_config import render_cluster
@@ -186,6 +193,10 @@ def _apply_or_restore(
     """
     try:
         change()
+    except LeftBehindError as left:
+        _revoke_replaced_certificates(ctx, cluster)  # revokes none while a node is behind
+        hint = f"{left.hint}; then {then}" if then else left.hint
+        raise LeftBehindError(f"rolled out {what}, but {left.message}", hint=hint) from left
     except DriftError as drift:
         raise _kept_despite_drift(ctx, cluster, what, then) from drift
     except Exception as failure:

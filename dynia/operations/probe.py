@@ -16,12 +16,20 @@ from dynia.paths import HomeLayout
 from dynia.providers import node_provider_traits
 from dynia.providers.base import DnsProvider
 from dynia.render.variables import master_marker
-from dynia.ssh import SshError
+from dynia.ssh import HostKeyMismatchError, SshError
 from dynia.state.models import Cluster, Node
 from dynia.waiting import WaitTimeout, wait_until
 
+# ssh gives up on the connection after 5 s (ConnectTimeout); a node that connects but never runs
+# the command (frozen, out of memory) is not waited on much longer.
+_SSH_ANSWER_SECONDS = 10.0
+
 
 class NodeProbe(Protocol):
+    def ssh_problem(self, layout: HomeLayout, cluster: Cluster, node: Node) -> str | None:
+        """None when ``node`` runs a command over SSH, else why it does not."""
+        ...
+
     def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
         """Whether keepalived gave ``node`` the MASTER's address; False when unreachable."""
         ...
@@ -39,6 +47,24 @@ class NodeProbe(Protocol):
 
 class LiveProbe:
     """Asks the nodes themselves: `ip addr` over the pinned SSH connection, HTTP to the IP."""
+
+    def ssh_problem(self, layout: HomeLayout, cluster: Cluster, node: Node) -> str | None:
+        """A changed host key is never a node that is merely down: it raises, and stops the run."""
+        if not node.public_ip:
+            return "it has no address yet"
+        try:
+            ssh.run_ssh(
+                node.public_ip,
+                layout.ssh_private_key(cluster.name),
+                layout.known_hosts(cluster.name),
+                ["true"],
+                timeout=_SSH_ANSWER_SECONDS,
+            )
+        except HostKeyMismatchError:
+            raise
+        except SshError as exc:
+            return ssh.failure_reason(exc)
+        return None
 
     def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
         """The Reserved IP itself, or in API mode the MASTER's marker on lo."""

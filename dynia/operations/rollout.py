@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynia.errors import DriftError, UsageError
+from dynia.errors import DriftError, LeftBehindError, RunnerError, UsageError
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.run_context import RunContext
 from dynia.runner import PlaybookResult
@@ -176,26 +177,40 @@ def compare_nodes(ctx: RunContext, cluster: Cluster) -> DriftReport:
     return drift_report(cluster, result)
 
 
-def compared_by_sync(cluster: Cluster, result: Any) -> DriftReport | None:
-    """The sync's own comparisons, when it compared every node; None means drift-check must.
+def compared_by_sync(
+    cluster: Cluster, result: Any, unanswered: dict[str, str] | None = None
+) -> DriftReport | None:
+    """The sync's own comparisons, when it compared every node it ran on; None means
+    drift-check must.
 
     Each node's last comparison counts: the one before the change when nothing changed, or the
-    one the sync made of the changed files once they were in place.
+    one the sync made of the changed files once they were in place. The ``unanswered`` nodes,
+    left out of the run, are reported as unreachable.
     """
     every_node_compared = all(
         name in result.reports and name in result.hosts and result.hosts[name].ok
         for name in cluster.nodes
+        if name not in (unanswered or {})
     )
-    return drift_report(cluster, result) if every_node_compared else None
+    return drift_report(cluster, result, unanswered) if every_node_compared else None
 
 
-def drift_report(cluster: Cluster, result: Any) -> DriftReport:
-    """The drift a playbook's comparisons found, and every node it did not fully read."""
+def drift_report(
+    cluster: Cluster, result: Any, unanswered: dict[str, str] | None = None
+) -> DriftReport:
+    """The drift a playbook's comparisons found, and every node it did not fully read.
+
+    ``unanswered`` are the nodes left out of the run because they did not answer over SSH.
+    """
+    unanswered = unanswered or {}
     report = DriftReport(nodes=sorted(cluster.nodes))
     for node in report.nodes:
         # A node the playbook did not fully read is not known to match: report it, never pass it.
         host = result.hosts.get(node)
-        if host is None or host.unreachable or not host.ok:
+        if node in unanswered:
+            detail = f"unreachable, left as it was: {unanswered[node]}"
+            report.entries.append(DriftEntry(node, "*", None, None, detail))
+        elif host is None or host.unreachable or not host.ok:
             problem = "unreachable" if host and host.unreachable else "not checked"
             report.entries.append(DriftEntry(node, "*", None, None, problem))
     for node, entries in sorted(result.reports.items()):
@@ -230,16 +245,26 @@ def sync_and_verify(
     """Sync and verify: a node whose hashes still differ is marked out-of-sync.
 
     The sync's own comparisons are the verification; drift-check runs only when the sync did
-    not compare every node. ``batch`` nodes change at once (a one-node canary first).
+    not compare every node. ``batch`` nodes change at once (a one-node canary first). A node
+    that does not answer over SSH is left out of the roll and marked out-of-sync: the others
+    are synced, then DriftError says which nodes were left behind.
     """
+    targets, unanswered = answering_nodes(ctx, cluster, cluster.nodes)
     if render:
-        result = render_and_sync(ctx, cluster, batch=batch)
-    else:
-        result = run(ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(cluster.nodes)))
-    report = compared_by_sync(cluster, result) or compare_nodes(ctx, cluster)
+        render_cluster(ctx.layout, cluster)
+    result = run(
+        ctx,
+        cluster,
+        "sync.yml",
+        extra_vars=batch_vars(batch, len(targets)),
+        limit=",".join(targets) if unanswered else None,
+    )
+    report = compared_by_sync(cluster, result, unanswered) or compare_nodes(ctx, cluster)
     drifted = mark_sync_outcome(cluster, report)
     if persist:
         persist()
+    if unanswered:
+        raise left_behind(unanswered, also_drifted=[n for n in drifted if n not in unanswered])
     if drifted:
         raise DriftError(
             f"nodes still differ from deploy-config after sync: {', '.join(drifted)} "
@@ -247,3 +272,55 @@ def sync_and_verify(
             hint="run `dynia repair --force` to re-render and resync them",
         )
     return report
+
+
+# Nodes asked at the same time whether they answer: a cluster's worth at once on any real size.
+_MAX_PARALLEL_ASKS = 16
+
+
+def answering_nodes(
+    ctx: RunContext, cluster: Cluster, names: Iterable[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Of ``names``, the nodes that run a command over SSH, and why each other one does not.
+
+    A roll goes on without a node that is down, frozen or cut off: waiting for it would hold
+    every deploy hostage to one dead machine, and the roll stops at the first node it cannot
+    reach. Raises RunnerError when no node answers: there is nothing to roll out to.
+    """
+    nodes = [cluster.nodes[name] for name in sorted(names)]
+    if not nodes:
+        return [], {}
+    with ThreadPoolExecutor(max_workers=min(len(nodes), _MAX_PARALLEL_ASKS)) as pool:
+        problems = list(
+            pool.map(lambda node: ctx.probe.ssh_problem(ctx.layout, cluster, node), nodes)
+        )
+    unanswered = {n.name: p for n, p in zip(nodes, problems, strict=True) if p is not None}
+    answering = [n.name for n in nodes if n.name not in unanswered]
+    for name, problem in unanswered.items():
+        ctx.progress(f"{name} does not answer over SSH ({problem}): going on without it")
+    if not answering:
+        raise RunnerError(
+            f"no node of {cluster.name} answers over SSH: "
+            + "; ".join(f"{name}: {problem}" for name, problem in unanswered.items()),
+            hint="check that the nodes are running (`dynia cluster show --health`) and that "
+            "this machine reaches them, then run the command again",
+        )
+    return answering, unanswered
+
+
+def left_behind(unanswered: dict[str, str], also_drifted: list[str] | None = None) -> DriftError:
+    """The error a roll ends with when nodes did not answer: the others run the change."""
+    names = ", ".join(sorted(unanswered))
+    one = len(unanswered) == 1
+    message = (
+        f"{names} did not answer over SSH and kept {'its' if one else 'their'} previous files "
+        "(marked out-of-sync); every other node was rolled out"
+    )
+    if also_drifted:
+        message += f", but {', '.join(also_drifted)} still differ from deploy-config"
+    return LeftBehindError(
+        message,
+        hint=f"once {'it answers' if one else 'they answer'} again, run `dynia sync` (a node that "
+        "restarts stays out of rotation until then); remove a node gone for good with "
+        "`dynia cluster node remove NAME`",
+    )

@@ -284,19 +284,30 @@ def test_the_killed_backup_rejoins_without_a_failed_request(cluster: Cluster) ->
     assert cluster.holder() == holder
 
 
-def test_a_node_that_missed_a_sync_stays_out_until_synced(cluster: Cluster) -> None:
-    """Down while the others were synced, it comes back held (health 503) and serves nothing."""
+def test_a_deploy_goes_on_without_a_dead_backup_which_stays_out_until_synced(
+    cluster: Cluster, busybox_image: str, tmp_path: Path
+) -> None:
+    """The deploy rolls out on the nodes that answer and names the dead one; back, it is held
+    (health 503) and serves nothing until `dynia sync` gives it the new version."""
     victim = cluster.a_backup()
     cluster.docker("kill", victim)
-    # A sync the node misses: the by-hand playbook, run while it is down, with a new revision.
-    deploy_config = cluster.home / "deploy-config" / cluster.name
-    playbook = Path(sys.executable).parent / "ansible-playbook"
-    subprocess.run(
-        [str(playbook), "sync.yml", "--limit", f"all:!{victim}", "-e", "dynia_sync_revision=r2"],
-        cwd=deploy_config, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    compose = tmp_path / "web.yml"
+    compose.write_text(COMPOSE.format(image=busybox_image).replace("echo v1", "echo v2"))
+    deploy = ["deploy", "--name", "web", "--compose", str(compose), "--health-path", "/healthz"]
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
     timeline = measure(
-        cluster, "node that missed a sync started again",
+        cluster, "a deploy while a BACKUP is down (killed)",
+        lambda: done.setdefault("deploy", cluster.run(*deploy, check=False)),
+        hold=0, healthy_before=False,
+    )  # fmt: skip
+    print(f"\ndeploy with {victim} down: exit {done['deploy'].returncode}")
+    assert done["deploy"].returncode == 8, done["deploy"].stderr
+    assert f"{victim} did not answer over SSH" in done["deploy"].stderr
+    assert cluster.state()["nodes"][victim]["status"] == "out-of-sync"
+    assert not timeline.failed
+
+    timeline = measure(
+        cluster, "a BACKUP that missed a deploy started again (held until `dynia sync`)",
         lambda: cluster.docker("start", victim), hold=15, healthy_before=False,
     )  # fmt: skip
     health = "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/dynia-health"
@@ -307,9 +318,12 @@ def test_a_node_that_missed_a_sync_stays_out_until_synced(cluster: Cluster) -> N
     assert cluster.servers_up(cluster.holder())[victim] is False
     assert not timeline.failed
 
-    cluster.run("sync")
+    cluster.run("sync")  # copies the new image to it, then syncs it
     cluster.wait_all_serving(timeout=30)
     assert cluster.node_exec(victim, health) == "200"
+    assert cluster.state()["nodes"][victim]["status"] == "ready"
+    version = "docker exec $(docker ps -q --filter name=web | head -1) cat /www/version"
+    assert cluster.node_exec(victim, version) == "v2"
 
 
 def test_a_frozen_backup_fails_no_request(cluster: Cluster) -> None:

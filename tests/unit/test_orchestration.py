@@ -28,7 +28,14 @@ from sample_state import WEB_COMPOSE, sample_cluster, save_sample
 
 from dynia import pki
 from dynia.cli.context_obj import AppContext
-from dynia.errors import DriftError, ProviderError, RunnerError, UsageError, VerifyError
+from dynia.errors import (
+    DriftError,
+    LeftBehindError,
+    ProviderError,
+    RunnerError,
+    UsageError,
+    VerifyError,
+)
 from dynia.operations import certificates, cluster_nodes, infra, operate
 from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.cluster_delete import delete_cluster
@@ -213,6 +220,10 @@ class KeepalivedProbe:
         self.holder: str | None = None
         self.answers = True
         self.route_answers = True
+        self.silent: set[str] = set()  # nodes that do not answer over SSH
+
+    def ssh_problem(self, layout: HomeLayout, cluster: Cluster, node: Node) -> str | None:
+        return "No route to host" if node.name in self.silent else None
 
     def holds_master_address(self, layout: HomeLayout, cluster: Cluster, node: Node) -> bool:
         master = cluster.master
@@ -487,6 +498,51 @@ def test_sync_of_a_deploy_config_an_older_version_rendered_runs_nothing(rig: Rig
     assert rig.runner.runs == []
 
 
+def test_sync_goes_on_without_a_node_that_does_not_answer_and_marks_it(rig: Rig) -> None:
+    rig.probe.silent = {"quiet-fox"}
+
+    with pytest.raises(LeftBehindError) as raised:
+        operate.sync(rig.ctx)
+
+    assert rig.runner.calls() == [("sync.yml", "amber-elk,misty-owl")]  # no drift-check either
+    assert "quiet-fox did not answer over SSH" in raised.value.message
+    assert "dynia sync" in (raised.value.hint or "")
+    assert raised.value.exit_code == DriftError.exit_code
+    statuses = {name: node.status for name, node in rig.cluster().nodes.items()}
+    assert statuses == {
+        "amber-elk": NODE_READY,
+        "misty-owl": NODE_READY,
+        "quiet-fox": "out-of-sync",
+    }
+    assert any("quiet-fox does not answer over SSH" in line for line in rig.progress)
+
+
+def test_sync_copies_the_images_a_node_missed_to_it_before_rolling(rig: Rig) -> None:
+    cluster = rig.cluster()
+    cluster.nodes["quiet-fox"].status = NODE_OUT_OF_SYNC
+    save_sample(rig.home, cluster)
+
+    operate.sync(rig.ctx)
+
+    assert rig.journal == ["images of web to quiet-fox", "sync.yml all"]
+    assert rig.cluster().nodes["quiet-fox"].status == NODE_READY
+
+
+def test_sync_of_a_cluster_in_sync_looks_at_no_node_for_images(rig: Rig) -> None:
+    operate.sync(rig.ctx)
+    assert rig.journal == ["sync.yml all"]
+
+
+def test_sync_when_no_node_answers_runs_nothing(rig: Rig) -> None:
+    rig.probe.silent = {"amber-elk", "quiet-fox", "misty-owl"}
+
+    with pytest.raises(RunnerError, match="no node of demo answers over SSH"):
+        operate.sync(rig.ctx)
+
+    assert rig.runner.runs == []
+    assert {n.status for n in rig.cluster().nodes.values()} == {NODE_READY}
+
+
 def test_failed_sync_stops_the_roll_and_changes_no_node_status(rig: Rig) -> None:
     rig.runner.failing["sync.yml"] = {"amber-elk"}
     with pytest.raises(RunnerError, match="amber-elk"):
@@ -546,6 +602,23 @@ def test_deploy_renders_ships_images_then_syncs_and_the_sync_verifies(
     web = rig.cluster().services["web"]
     assert "dynia-sample-web:2" in web.compose and web.internal_port == 20000
     assert set(web.image_ids) == {"dynia-sample-web:2", "dynia-sample-cache:1"}
+
+
+def test_deploy_with_a_dead_backup_rolls_out_on_the_others_and_keeps_the_new_version(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.probe.silent = {"amber-elk"}
+    request = DeployRequest("web", write_compose(tmp_path, "dynia-sample-web:2"), None, "/healthz")
+
+    with pytest.raises(LeftBehindError) as raised:
+        deploy_service(rig.ctx, request)
+
+    assert rig.runner.calls() == [("sync.yml", "misty-owl,quiet-fox")]  # no roll back
+    assert raised.value.message.startswith("rolled out web, but amber-elk did not answer")
+    cluster = rig.cluster()
+    assert "dynia-sample-web:2" in cluster.services["web"].compose
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+    assert cluster.nodes["quiet-fox"].status == NODE_READY
 
 
 def test_deploy_in_batches_rolls_out_with_the_plan_and_rolls_back_one_at_a_time(
@@ -885,6 +958,18 @@ def test_removing_a_backup_hands_over_syncs_the_others_then_deletes_it(rig: Rig)
     assert "172.30.9.11" not in rig.deployed("haproxy/haproxy.cfg")
 
 
+def test_removing_a_node_while_another_is_dead_syncs_the_live_ones(rig: Rig) -> None:
+    rig.probe.silent = {"amber-elk"}
+
+    with pytest.raises(LeftBehindError, match="quiet-fox was removed, but amber-elk"):
+        cluster_nodes.remove_node(rig.ctx, "quiet-fox")
+
+    assert rig.journal == ["handover.yml quiet-fox", "sync.yml misty-owl", "deleted c2"]
+    cluster = rig.cluster()
+    assert set(cluster.nodes) == {"amber-elk", "misty-owl"}
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
 def test_removing_the_master_moves_the_role_before_the_others_forget_it(rig: Rig) -> None:
     cluster_nodes.remove_node(rig.ctx, "misty-owl")
 
@@ -974,6 +1059,21 @@ def test_adding_a_node_is_one_roll_that_serves_on_it_before_its_peers_route_to_i
     assert roll.hosts == [new, "amber-elk", "quiet-fox", "misty-owl"]
     cluster = rig.cluster()
     assert cluster.nodes[new].status == NODE_READY and cluster.nodes[new].priority == 98
+
+
+def test_a_node_joins_while_a_peer_is_dead_and_the_peer_is_marked_behind(rig: Rig) -> None:
+    rig.probe.silent = {"quiet-fox"}
+
+    with pytest.raises(LeftBehindError, match="joined, but quiet-fox did not answer"):
+        cluster_nodes.add_node(rig.ctx)
+
+    bootstrap, roll = rig.runner.runs
+    new = bootstrap.limit
+    assert roll.limit == f"{new},amber-elk,misty-owl"
+    assert roll.hosts == [new, "amber-elk", "misty-owl"]
+    cluster = rig.cluster()
+    assert cluster.nodes[new].status == NODE_READY
+    assert cluster.nodes["quiet-fox"].status == NODE_OUT_OF_SYNC
 
 
 RELOADED = {"component": "haproxy", "unit": "haproxy", "state": "reloaded"}
