@@ -20,6 +20,7 @@ from dynia.providers.local.engine import (
     Docker,
     EngineUnavailableError,
     engine_location,
+    favour_node_cgroup,
     start_dockerd,
     wait_for_engine,
 )
@@ -248,6 +249,7 @@ def _ensure_engine(
             hint=f"read {engine.log_file} for the reason",
         ) from exc
     progress(f"Docker engine {version} started (pid {pid})")
+    progress(favour_node_cgroup())
     return pid
 
 

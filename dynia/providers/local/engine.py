@@ -154,3 +154,32 @@ def start_dockerd(log_file: Path, extra_flags: Sequence[str] = ()) -> int:
             start_new_session=True,
         )
     return process.pid
+
+
+# Local nodes stand in for VMs, whose vCPUs the host's other processes do not take. Docker puts
+# every container in one cgroup, "docker", and in cgroup v1 that group weighs as much as one
+# busy process of the host: two busy loops left all the nodes a third of two cores, and a
+# MASTER's keepalived advertised late enough for a backup to claim the Reserved IP. Ten times
+# the default weight lets the nodes win the cores back when they need them.
+_NODE_CGROUPS = (
+    (Path("/sys/fs/cgroup/cpu/docker"), "cpu.shares", "10240"),  # cgroup v1, cgroupfs driver
+    (Path("/sys/fs/cgroup/docker"), "cpu.weight", "1000"),  # cgroup v2, cgroupfs driver
+)
+
+
+def favour_node_cgroup() -> str:
+    """Raise the CPU weight of the engine's container cgroup; what was done, for progress.
+
+    Only for an engine Dynia started itself (cgroupfs driver): a system engine's cgroups are
+    its owner's. Best effort: a machine that does not allow it keeps the default weight.
+    """
+    for group, setting, value in _NODE_CGROUPS:
+        if not group.parent.is_dir():
+            continue
+        try:
+            group.mkdir(exist_ok=True)  # dockerd makes it on the first container otherwise
+            (group / setting).write_text(value)
+        except OSError as exc:
+            return f"node CPU weight left at the default ({group / setting}: {exc.strerror})"
+        return f"node CPU weight raised ({group / setting} = {value})"
+    return "node CPU weight left at the default (no cgroupfs hierarchy of the engine found)"
