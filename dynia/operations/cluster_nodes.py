@@ -162,13 +162,10 @@ def remove_node(ctx: RunContext, node_name: str) -> None:
         progress(f"Taking {node_name} out of HAProxy and keepalived on the other nodes")
         remaining = sorted(n for n in cluster.nodes if n != node_name)
         del cluster.nodes[node_name]
-        answering, unanswered = rollout.answering_nodes(ctx, cluster, remaining)
-        rollout.render_and_sync(ctx, cluster, limit=",".join(answering))
+        unanswered = rollout.render_and_sync_answering(ctx, cluster, remaining)
         progress(f"Deleting {node_name}")
         provider.delete_node(cluster.name, node.provider_id)
         infra.write_known_hosts(ctx.layout, cluster)
-        for name in unanswered:
-            cluster.nodes[name].status = NODE_OUT_OF_SYNC
         txn.save()
         if unanswered:
             left = rollout.left_behind(unanswered)
@@ -211,24 +208,29 @@ def activate_node(ctx: RunContext, node_name: str) -> str:
         rollout.run(ctx, cluster, "health.yml", limit=node_name)
         adopted = infra.adopt_live_master(ctx, cluster)
         current = cluster.master
+        unanswered: dict[str, str] = {}
         if current is not None and current is not target:
             progress(f"{node_name} becomes the first backup")
             target.priority = MASTER_PRIORITY - 1
             txn.save()  # the inventory's master/backup groups follow the priorities
             # Only the target's keepalived file changes, unless the live MASTER was just adopted.
-            limit = None if adopted else node_name
-            rollout.render_and_sync(ctx, cluster, limit=limit)
+            names = None if adopted else [node_name]
+            unanswered |= rollout.render_and_sync_answering(ctx, cluster, names)
             progress(f"{current.name} hands the Reserved IP over to {node_name}")
             _hand_over(ctx, cluster, current.name)
         infra.set_priorities(cluster, node_name)
         txn.save()
         progress("Rolling out the new priorities")
-        rollout.render_and_sync(ctx, cluster)
+        unanswered |= rollout.render_and_sync_answering(ctx, cluster)
         infra.attach_reserved_ip(ctx, txn, cluster, provider)
         if provider.reserved_ip_mode == "vrrp":
             _wait_until_holder(ctx, cluster, target)
         txn.save()
-        return ctx.probe.wait_for_reserved_ip(cluster)
+        answer = ctx.probe.wait_for_reserved_ip(cluster)
+        if unanswered:
+            left = rollout.left_behind(unanswered)
+            raise LeftBehindError(f"{node_name} is MASTER, but {left.message}", hint=left.hint)
+        return answer
 
 
 def _wait_until_holder(

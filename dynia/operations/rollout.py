@@ -171,6 +171,23 @@ def render_and_sync(
     )
 
 
+def render_and_sync_answering(
+    ctx: RunContext, cluster: Cluster, names: Iterable[str] | None = None
+) -> dict[str, str]:
+    """render_and_sync on those of ``names`` (every node by default) that answer over SSH.
+
+    Returns the nodes left out, with why, now marked out-of-sync; the caller ends with
+    :func:`left_behind` once the rest of its work is done.
+    """
+    wanted = sorted(cluster.nodes if names is None else names)
+    answering, unanswered = answering_nodes(ctx, cluster, wanted)
+    everyone = names is None and not unanswered
+    render_and_sync(ctx, cluster, limit=None if everyone else ",".join(answering))
+    for name in unanswered:
+        cluster.nodes[name].status = NODE_OUT_OF_SYNC
+    return unanswered
+
+
 def compare_nodes(ctx: RunContext, cluster: Cluster) -> DriftReport:
     """Read-only comparison of every node with deploy-config."""
     result = run(ctx, cluster, "drift-check.yml", raise_on_failure=False)

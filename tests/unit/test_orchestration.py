@@ -1029,6 +1029,28 @@ def test_activating_a_backup_raises_it_hands_over_then_rolls_out_the_priorities(
     assert priorities == {"quiet-fox": 150, "misty-owl": 100, "amber-elk": 99}
 
 
+def test_activating_while_a_backup_is_dead_moves_the_role_and_names_the_dead_one(
+    rig: Rig,
+) -> None:
+    def keepalived_moves(run: Run) -> None:
+        rig.probe.holder = "quiet-fox"
+
+    rig.runner.after["handover.yml"] = keepalived_moves
+    rig.probe.silent = {"amber-elk"}
+
+    with pytest.raises(LeftBehindError, match="quiet-fox is MASTER, but amber-elk did not answer"):
+        cluster_nodes.activate_node(rig.ctx, "quiet-fox")
+
+    assert [line for line in rig.journal if line.startswith(("sync", "handover"))] == [
+        "sync.yml quiet-fox",
+        "handover.yml misty-owl",
+        "sync.yml misty-owl,quiet-fox",  # the final priorities, on the nodes that answer
+    ]
+    cluster = rig.cluster()
+    assert cluster.master is not None and cluster.master.name == "quiet-fox"
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
 def test_activating_a_node_that_fails_its_health_check_changes_nothing(rig: Rig) -> None:
     before = rig.ctx.store.path.read_bytes()
     rig.runner.failing["health.yml"] = {"quiet-fox"}
