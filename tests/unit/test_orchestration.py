@@ -881,6 +881,17 @@ def test_repair_rerenders_reapplies_compares_and_checks_the_reserved_ip(rig: Rig
     assert cluster.reserved_ip is not None and cluster.reserved_ip.attached_to == "misty-owl"
 
 
+def test_repair_with_a_dead_node_repairs_the_others_and_reports_it(rig: Rig) -> None:
+    rig.probe.silent = {"quiet-fox"}
+    rig.runner.failing["drift-check.yml"] = {"quiet-fox"}  # it is still down when compared
+
+    report = operate.repair(rig.ctx)
+
+    assert rig.journal[:2] == ["repair.yml amber-elk,misty-owl", "drift-check.yml all"]
+    assert [e.node for e in report.entries] == ["quiet-fox"]
+    assert rig.cluster().nodes["quiet-fox"].status == NODE_OUT_OF_SYNC
+
+
 def test_repair_records_the_master_keepalived_elected_and_rolls_the_priorities_out(
     rig: Rig,
 ) -> None:
