@@ -244,6 +244,48 @@ def drift_report(
     return report
 
 
+def _sync_past_lost_nodes(
+    ctx: RunContext,
+    cluster: Cluster,
+    targets: list[str],
+    unanswered: dict[str, str],
+    batch: BatchSize,
+) -> PlaybookResult:
+    """sync.yml on ``targets``; a node that dies before the roll changed anything on it is left
+    out like one that did not answer at the start (added to ``unanswered``).
+
+    The serial roll stops at such a node, so the roll is run again without it: the nodes it
+    already synced are no-ops now, the ones after it get their turn. A node that stops
+    answering once its change began fails the roll as any failure does.
+    """
+    while True:
+        limit = ",".join(targets) if unanswered else None
+        try:
+            return run(
+                ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(targets)), limit=limit
+            )
+        except RunnerError as error:
+            lost = _lost_before_any_change(getattr(error, "result", None))
+            if not lost or not set(targets) - set(lost):
+                raise
+        for name in lost:
+            unanswered[name] = "it stopped answering before the roll reached it"
+            ctx.progress(
+                f"{name} stopped answering before the roll reached it: going on without it"
+            )
+        targets = [name for name in targets if name not in lost]
+
+
+def _lost_before_any_change(result: PlaybookResult | None) -> list[str]:
+    """The failed nodes of a run when every one was unreachable and none was changed; else []."""
+    if result is None or not result.failed_hosts:
+        return []
+    failed = [result.hosts[name] for name in result.failed_hosts]
+    if all(host.unreachable and not host.changed for host in failed):
+        return result.failed_hosts
+    return []
+
+
 def mark_sync_outcome(cluster: Cluster, report: DriftReport) -> list[str]:
     """Record which nodes still differ after a sync; returns their names."""
     drifted = sorted({e.node for e in report.entries})
@@ -269,13 +311,7 @@ def sync_and_verify(
     targets, unanswered = answering_nodes(ctx, cluster, cluster.nodes)
     if render:
         render_cluster(ctx.layout, cluster)
-    result = run(
-        ctx,
-        cluster,
-        "sync.yml",
-        extra_vars=batch_vars(batch, len(targets)),
-        limit=",".join(targets) if unanswered else None,
-    )
+    result = _sync_past_lost_nodes(ctx, cluster, targets, unanswered, batch)
     report = compared_by_sync(cluster, result, unanswered) or compare_nodes(ctx, cluster)
     drifted = mark_sync_outcome(cluster, report)
     if persist:

@@ -103,6 +103,7 @@ class RecordingRunner:
         self.failing: dict[str, set[str]] = {}  # playbook -> nodes on which it fails
         self.drift: dict[str, dict[str, list[dict[str, Any]]]] = {}  # playbook -> node -> drift
         self.uncompared: set[str] = set()  # nodes a sync leaves without a comparison
+        self.lost: set[str] = set()  # nodes that stop answering before a run reaches them
         self.interrupt: str | None = None  # playbook during which the operator presses Ctrl-C
         self.after: dict[str, Callable[[Run], None]] = {}  # what a run does to the world
         self.seen: dict[str, str] = {}  # deploy-config file -> its text when sync.yml started
@@ -131,7 +132,7 @@ class RecordingRunner:
         targets = inventory_nodes(Path(project_dir), playbook, limit, run.extra_vars)
         collector = EventCollector(targets, on_event)
         failed = self._play(run, targets, collector)
-        collector(stats_event(run.hosts, failed, changed=playbook in CHANGING))
+        collector(stats_event(run.hosts, failed, playbook in CHANGING, self.lost))
         result = collector.result(2 if failed else 0)
         if playbook in self.after:
             self.after[playbook](run)
@@ -145,6 +146,13 @@ class RecordingRunner:
         failed: list[str] = []
         for node in targets:
             run.hosts.append(node)
+            if node in self.lost:
+                res = {"msg": "ssh: connect to host: No route to host", "unreachable": True}
+                collector(task_event("runner_on_unreachable", node, res))
+                failed.append(node)
+                if run.playbook in SERIAL:
+                    break
+                continue
             if node in self.failing.get(run.playbook, set()):
                 collector(task_event("runner_on_failed", node, {"msg": "health check failed"}))
                 failed.append(node)
@@ -195,15 +203,17 @@ def task_event(kind: str, host: str, res: dict[str, Any]) -> dict[str, Any]:
     return {"event": kind, "event_data": {"host": host, "task": "a task", "res": res}}
 
 
-def stats_event(hosts: list[str], failed: list[str], changed: bool) -> dict[str, Any]:
+def stats_event(
+    hosts: list[str], failed: list[str], changed: bool, lost: set[str] = frozenset()
+) -> dict[str, Any]:
     ok = [host for host in hosts if host not in failed]
     return {
         "event": "playbook_on_stats",
         "event_data": {
             "ok": dict.fromkeys(ok, 3),
             "changed": dict.fromkeys(ok, 1) if changed else {},
-            "failures": dict.fromkeys(failed, 1),
-            "dark": {},
+            "failures": {host: 1 for host in failed if host not in lost},
+            "dark": {host: 1 for host in failed if host in lost},
             "skipped": {},
         },
     }
@@ -531,6 +541,19 @@ def test_sync_copies_the_images_a_node_missed_to_it_before_rolling(rig: Rig) -> 
 def test_sync_of_a_cluster_in_sync_looks_at_no_node_for_images(rig: Rig) -> None:
     operate.sync(rig.ctx)
     assert rig.journal == ["sync.yml all"]
+
+
+def test_sync_goes_on_past_a_node_that_dies_before_the_roll_reaches_it(rig: Rig) -> None:
+    rig.runner.lost = {"quiet-fox"}  # answered the first question, dead when its turn came
+
+    with pytest.raises(LeftBehindError, match="quiet-fox did not answer over SSH"):
+        operate.sync(rig.ctx)
+
+    # The roll stopped at it; the rest of the roll went on without it.
+    assert rig.runner.calls() == [("sync.yml", None), ("sync.yml", "amber-elk,misty-owl")]
+    assert rig.runner.runs[1].hosts == ["amber-elk", "misty-owl"]
+    assert rig.cluster().nodes["quiet-fox"].status == NODE_OUT_OF_SYNC
+    assert any("quiet-fox stopped answering" in line for line in rig.progress)
 
 
 def test_sync_when_no_node_answers_runs_nothing(rig: Rig) -> None:
