@@ -119,6 +119,7 @@ def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> dict[str, st
         "dynia_sync_drain": join_roll_drain(joining),
     }
     limit = ",".join([*joining, *answering]) if unanswered else None
+    roll |= rollout.server_states(cluster, answering, unanswered)
     # deploy-config is already rendered
     rollout.run(ctx, cluster, "sync.yml", extra_vars=roll, limit=limit)
     return unanswered

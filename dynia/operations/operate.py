@@ -106,6 +106,7 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
         )
         answering, unanswered = rollout.answering_nodes(ctx, cluster, cluster.nodes)
         extra_vars = rollout.batch_vars(batch, len(answering))
+        extra_vars |= rollout.server_states(cluster, answering, unanswered)
         ship_images_to_nodes_behind(ctx, cluster)
         limit = ",".join(answering) if unanswered else None
         rollout.run(ctx, cluster, "repair.yml", extra_vars=extra_vars, limit=limit)

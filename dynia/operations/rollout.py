@@ -163,12 +163,26 @@ def render_and_sync(
     cluster: Cluster,
     limit: str | None = None,
     batch: BatchSize = ONE_AT_A_TIME,
+    states: dict[str, Any] | None = None,
 ) -> PlaybookResult:
-    """Render (validated) and run the rolling, health-gated sync."""
+    """Render (validated) and run the rolling, health-gated sync (``states``: server_states)."""
     render_cluster(ctx.layout, cluster)
-    return run(
-        ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(cluster.nodes)), limit=limit
-    )
+    extra_vars = batch_vars(batch, len(cluster.nodes)) | (states or {})
+    return run(ctx, cluster, "sync.yml", extra_vars=extra_vars, limit=limit)
+
+
+def server_states(
+    cluster: Cluster, targets: list[str], unanswered: dict[str, str]
+) -> dict[str, Any]:
+    """sync.yml's ``dynia_sync_server_states``: HAProxy states the roll sets at its end.
+
+    A node left out goes to maint on every HAProxy of the roll: one that comes back without a
+    restart (frozen, cut off) would otherwise pass its health check and serve its stale files.
+    A node marked out-of-sync that this roll reaches goes back to ready once it is synced.
+    """
+    behind = [n for n in targets if cluster.nodes[n].status == NODE_OUT_OF_SYNC]
+    states = dict.fromkeys(sorted(unanswered), "maint") | dict.fromkeys(behind, "ready")
+    return {"dynia_sync_server_states": states} if states else {}
 
 
 def render_and_sync_answering(
@@ -182,7 +196,8 @@ def render_and_sync_answering(
     wanted = sorted(cluster.nodes if names is None else names)
     answering, unanswered = answering_nodes(ctx, cluster, wanted)
     everyone = names is None and not unanswered
-    render_and_sync(ctx, cluster, limit=None if everyone else ",".join(answering))
+    states = server_states(cluster, answering, unanswered)
+    render_and_sync(ctx, cluster, limit=None if everyone else ",".join(answering), states=states)
     for name in unanswered:
         cluster.nodes[name].status = NODE_OUT_OF_SYNC
     return unanswered
@@ -260,10 +275,9 @@ def _sync_past_lost_nodes(
     """
     while True:
         limit = ",".join(targets) if unanswered else None
+        extra_vars = batch_vars(batch, len(targets)) | server_states(cluster, targets, unanswered)
         try:
-            return run(
-                ctx, cluster, "sync.yml", extra_vars=batch_vars(batch, len(targets)), limit=limit
-            )
+            return run(ctx, cluster, "sync.yml", extra_vars=extra_vars, limit=limit)
         except RunnerError as error:
             lost = _lost_before_any_change(getattr(error, "result", None))
             if not lost or not set(targets) - set(lost):

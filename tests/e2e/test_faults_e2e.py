@@ -99,8 +99,9 @@ class Cluster:
         holder = self.holder()
         return next(node for node in self.nodes if node != holder)
 
-    def servers_up(self, on: str) -> dict[str, bool]:
-        """The backend servers HAProxy on ``on`` routes to (status UP)."""
+    def server_status(self, on: str) -> dict[str, str]:
+        """Each backend server's status on the HAProxy of ``on``: UP, "UP 1/2" (going down),
+        DOWN, MAINT..."""
         stat = self.node_exec(
             on, "echo 'show stat' | socat -t 2 stdio unix-connect:/run/haproxy/admin.sock"
         )
@@ -108,8 +109,12 @@ class Cluster:
         for line in stat.splitlines():
             fields = line.split(",")
             if len(fields) > 17 and fields[0] == "dynia_nodes" and fields[1] != "BACKEND":
-                servers[fields[1]] = fields[17] == "UP"
+                servers[fields[1]] = fields[17]
         return servers
+
+    def servers_up(self, on: str) -> dict[str, bool]:
+        """The backend servers HAProxy on ``on`` routes to (status UP)."""
+        return {name: status == "UP" for name, status in self.server_status(on).items()}
 
     def wait_all_serving(self, timeout: float = 90.0) -> float:
         """Seconds until every node is UP on every running HAProxy and the service answers."""
@@ -151,6 +156,16 @@ def cluster(
         env.run("cluster", "delete", "--name", env.name, "--yes", check=False)
         sweep_docker(f"dynia-{env.name}")
         subprocess.run(["pkill", "-f", str(home)], check=False)
+
+
+def wait_until_down(cluster: Cluster, node: str, timeout: float = 30.0) -> None:
+    """Until the HAProxy of every other node has marked ``node`` down ("UP 1/2", going down,
+    still gets requests)."""
+    others = [other for other in cluster.nodes if other != node]
+    deadline = time.monotonic() + timeout
+    while any(cluster.server_status(other)[node].startswith("UP") for other in others):
+        assert time.monotonic() < deadline, f"{node} still up on some HAProxy after {timeout}s"
+        time.sleep(0.5)
 
 
 def measure(
@@ -324,6 +339,47 @@ def test_a_deploy_goes_on_without_a_dead_backup_which_stays_out_until_synced(
     assert cluster.state()["nodes"][victim]["status"] == "ready"
     version = "docker exec $(docker ps -q --filter name=web | head -1) cat /www/version"
     assert cluster.node_exec(victim, version) == "v2"
+
+
+def test_a_backup_frozen_through_a_deploy_serves_nothing_stale_once_it_thaws(
+    cluster: Cluster, busybox_image: str, tmp_path: Path
+) -> None:
+    """Frozen, it cannot be synced and it does not restart: its health check passes again the
+    moment it thaws. The deploy left it in maint on the other HAProxy, so no request reaches its
+    old version until `dynia sync` brings it up to date."""
+    cluster.wait_all_serving()
+    victim = cluster.a_backup()
+    compose = tmp_path / "web.yml"
+    compose.write_text(COMPOSE.format(image=busybox_image).replace("echo v1", "echo v3"))
+    deploy = ["deploy", "--name", "web", "--compose", str(compose), "--health-path", "/healthz"]
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    # The requests a node holds when it freezes are the frozen-backup case's; this one starts
+    # once every HAProxy has marked it down.
+    cluster.docker("pause", victim)
+    wait_until_down(cluster, victim)
+
+    def deploy_then_thaw() -> None:
+        done["deploy"] = cluster.run(*deploy, check=False)
+        cluster.docker("unpause", victim)
+
+    timeline = measure(
+        cluster, "a deploy while a BACKUP is frozen, then it thaws (kept in maint)",
+        deploy_then_thaw, hold=3, healthy_before=False,
+    )  # fmt: skip
+    assert done["deploy"].returncode == 8, done["deploy"].stderr
+    assert f"{victim} did not answer over SSH" in done["deploy"].stderr
+    assert not timeline.failed
+    holder = cluster.holder()
+    assert cluster.server_status(holder)[victim] == "MAINT"  # its health check passes again
+    ca = cluster.home / "pki" / "ca.pem"
+    bodies = {fetch(cluster.reserved_ip, DOMAIN, "/version", ca)[1] for _ in range(30)}
+    print(f"\n{victim} thawed: answers through the Reserved IP: {sorted(bodies)}")
+    assert bodies == {"v3"}
+
+    cluster.run("sync")
+    cluster.wait_all_serving(timeout=30)
+    assert cluster.servers_up(holder)[victim] is True
+    assert cluster.state()["nodes"][victim]["status"] == "ready"
 
 
 def test_a_frozen_backup_fails_no_request(cluster: Cluster) -> None:

@@ -515,6 +515,8 @@ def test_sync_goes_on_without_a_node_that_does_not_answer_and_marks_it(rig: Rig)
         operate.sync(rig.ctx)
 
     assert rig.runner.calls() == [("sync.yml", "amber-elk,misty-owl")]  # no drift-check either
+    # It stays out of rotation on the HAProxy of the others, should it come back unrestarted.
+    assert rig.runner.runs[0].extra_vars == {"dynia_sync_server_states": {"quiet-fox": "maint"}}
     assert "quiet-fox did not answer over SSH" in raised.value.message
     assert "dynia sync" in (raised.value.hint or "")
     assert raised.value.exit_code == DriftError.exit_code
@@ -536,6 +538,8 @@ def test_sync_copies_the_images_a_node_missed_to_it_before_rolling(rig: Rig) -> 
 
     assert rig.journal == ["images of web to quiet-fox", "sync.yml all"]
     assert rig.cluster().nodes["quiet-fox"].status == NODE_READY
+    # Synced, it goes back into rotation on every HAProxy.
+    assert rig.runner.runs[0].extra_vars == {"dynia_sync_server_states": {"quiet-fox": "ready"}}
 
 
 def test_sync_of_a_cluster_in_sync_looks_at_no_node_for_images(rig: Rig) -> None:
@@ -552,6 +556,7 @@ def test_sync_goes_on_past_a_node_that_dies_before_the_roll_reaches_it(rig: Rig)
     # The roll stopped at it; the rest of the roll went on without it.
     assert rig.runner.calls() == [("sync.yml", None), ("sync.yml", "amber-elk,misty-owl")]
     assert rig.runner.runs[1].hosts == ["amber-elk", "misty-owl"]
+    assert rig.runner.runs[1].extra_vars == {"dynia_sync_server_states": {"quiet-fox": "maint"}}
     assert rig.cluster().nodes["quiet-fox"].status == NODE_OUT_OF_SYNC
     assert any("quiet-fox stopped answering" in line for line in rig.progress)
 

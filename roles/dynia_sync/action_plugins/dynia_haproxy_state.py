@@ -113,7 +113,7 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "server": {"type": "str", "required": True},
     "backend": {"type": "str", "required": True},
     "socket": {"type": "str", "required": True},
-    "state": {"type": "str", "required": True, "choices": ["drain", "ready"]},
+    "state": {"type": "str", "required": True, "choices": ["drain", "ready", "maint"]},
     "drain_timeout": {"type": "int", "default": 10},
     "hosts": {"type": "list", "elements": "dict", "required": True},
     "ssh_args": {"type": "str", "default": ""},

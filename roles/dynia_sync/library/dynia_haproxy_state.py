@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: dynia_haproxy_state
-short_description: Set a server's state on every HAProxy at once (drain, ready)
+short_description: Set a server's state on every HAProxy at once (drain, ready, maint)
 description:
   - Sends C(set server BACKEND/SERVER state STATE) to the admin socket of HAProxy on every given
     host, over SSH, in parallel; with C(drain), waits on each host until the server has no
@@ -18,7 +18,7 @@ options:
   server: {description: Server name (the node's)., type: str, required: true}
   backend: {description: HAProxy backend the server is in., type: str, required: true}
   socket: {description: Path of HAProxy's admin socket on the hosts., type: str, required: true}
-  state: {description: State to set., type: str, required: true, choices: [drain, ready]}
+  state: {description: State to set., type: str, required: true, choices: [drain, ready, maint]}
   drain_timeout:
     description: Seconds to wait for the sessions of a drained server.
     type: int
