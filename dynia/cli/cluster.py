@@ -156,11 +156,13 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     and service health paths answering); nothing is changed.
 
     \b
-    JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name, role,
-    priority, status, public_ip, private_ip, provider_id; with --health also "healthy" and
-    "problem"), "services" (name, internal_port, health_path, images) and "routes" (domain,
-    service, dns, https_only). A node's status is provisioning, joining (`node add` not
-    finished: run it again), ready or out-of-sync (run `dynia repair`).
+    JSON: the `cluster list` fields plus "size", "completed_steps", "nodes" (list of name,
+    role, priority, status, public_ip, private_ip, provider_id; with --health also "healthy",
+    "problem" and "holds_reserved_ip": keepalived moves the address on a failure, so after one
+    the holder can differ from the MASTER state names), "services" (name, internal_port,
+    health_path, images) and "routes" (domain, service, dns, https_only). A node's status is
+    provisioning, joining (`node add` not finished: run it again), ready or out-of-sync (run
+    `dynia repair`).
 
     Example: dynia cluster show --health
     """
@@ -183,6 +185,7 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
         live = ""
         if "healthy" in node:
             live = "  healthy" if node["healthy"] else f"  UNHEALTHY: {node['problem']}"
+            live += "  (holds the Reserved IP)" if node["holds_reserved_ip"] else ""
         click.echo(
             f"    {node['name']:<16} {node['role']:<7} priority {node['priority']:<4} "
             f"{node['status']:<13} {node['private_ip'] or '-'}{live}"

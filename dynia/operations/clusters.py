@@ -117,7 +117,8 @@ def cluster_details(cluster: Cluster, current: str | None) -> dict[str, Any]:
 
 
 def node_health(ctx: RunContext, cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Live health of every node over SSH (health.yml): proxies running, health paths answering.
+    """Live health of every node over SSH (health.yml): proxies running, health paths answering,
+    and which node holds the Reserved IP now (after a failover, not the MASTER state names).
 
     Read-only; a node that cannot be reached or fails a check is reported, not raised.
     """
@@ -137,4 +138,8 @@ def node_health(ctx: RunContext, cluster: Cluster) -> dict[str, dict[str, Any]]:
         else:
             problem = host.failures[-1] if host.failures else None
             health[name] = {"healthy": host.ok, "problem": problem}
+        reached = host is not None and not host.unreachable
+        node = cluster.nodes[name]
+        holds = reached and ctx.probe.holds_master_address(ctx.layout, cluster, node)
+        health[name]["holds_reserved_ip"] = holds
     return health

@@ -181,8 +181,11 @@ def _apply_or_restore(
     *,
     what: str,
     then: str = "",
-) -> None:
+) -> LeftBehindError | None:
     """Run ``change`` (ship images, roll out); a failure restores ``previous`` everywhere.
+
+    Nodes that did not answer are no failure: the change is kept on the others, and the error
+    that names those nodes is returned for the caller to raise once it has finished.
 
     Drift after a sync that passed every health gate is not such a failure: the nodes run the
     new definition, so state and deploy-config keep it, with the drifted nodes marked
@@ -194,14 +197,22 @@ def _apply_or_restore(
     try:
         change()
     except LeftBehindError as left:
-        _revoke_replaced_certificates(ctx, cluster)  # revokes none while a node is behind
-        hint = f"{left.hint}; then {then}" if then else left.hint
-        raise LeftBehindError(f"rolled out {what}, but {left.message}", hint=hint) from left
+        # The nodes that answered run the change: it stands, and the caller finishes its work
+        # (DNS) before it raises this.
+        return LeftBehindError(f"rolled out {what}, but {left.message}", hint=left.hint)
     except DriftError as drift:
         raise _kept_despite_drift(ctx, cluster, what, then) from drift
     except Exception as failure:
         _restore_previous(ctx, txn, previous, failure)
         raise
+    return None
+
+
+def _finish_left_behind(ctx: RunContext, left: LeftBehindError, warnings: list[str]) -> None:
+    """Raise ``left`` once the command's work is done; its warnings are shown first."""
+    for warning in warnings:
+        ctx.progress(f"Warning: {warning}")
+    raise left
 
 
 def _kept_despite_drift(ctx: RunContext, cluster: Cluster, what: str, then: str) -> DriftError:
@@ -249,12 +260,16 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
             if domain
             else ""
         )
-        _apply_or_restore(ctx, txn, cluster, previous, change, what=service.name, then=publish)
-        _revoke_replaced_certificates(ctx, cluster)
+        left = _apply_or_restore(
+            ctx, txn, cluster, previous, change, what=service.name, then=publish
+        )
+        _revoke_replaced_certificates(ctx, cluster)  # revokes none while a node is behind
         txn.save()
         outcome = DeployOutcome(service=service.name, changed=True)
         if domain and dns:
             outcome.warnings += _bind_dns(ctx, txn, cluster, domain, dns)
+        if left:
+            _finish_left_behind(ctx, left, outcome.warnings)
         return outcome
 
 
@@ -315,9 +330,14 @@ def bind_route(
             rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
         again = f"`dynia route bind --domain {domain} --service {service_name}` again"
-        _apply_or_restore(ctx, txn, cluster, previous, change, what=f"route {domain}", then=again)
+        left = _apply_or_restore(
+            ctx, txn, cluster, previous, change, what=f"route {domain}", then=again
+        )
         _revoke_replaced_certificates(ctx, cluster)
-        return _bind_dns(ctx, txn, cluster, domain, dns)
+        warnings = _bind_dns(ctx, txn, cluster, domain, dns)
+        if left:
+            _finish_left_behind(ctx, left, warnings)
+        return warnings
 
 
 def unbind_route(ctx: RunContext, domain_value: str) -> None:
@@ -340,6 +360,8 @@ def unbind_route(ctx: RunContext, domain_value: str) -> None:
         def change() -> None:
             rollout.sync_and_verify(ctx, cluster, persist=txn.save)
 
-        _apply_or_restore(
+        left = _apply_or_restore(
             ctx, txn, cluster, previous, change, what=f"the removal of route {domain}"
         )
+        if left:
+            raise left

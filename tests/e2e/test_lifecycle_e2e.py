@@ -519,6 +519,9 @@ def test_killing_the_master_fails_over_within_five_seconds(env: Env) -> None:
     health = {n["name"]: (n["healthy"], n["problem"]) for n in shown["nodes"]}
     assert health.pop(master) == (False, "unreachable over SSH")
     assert all(healthy for healthy, _ in health.values()), health
+    # State still ranks the dead node first; the live view names the node keepalived elected.
+    holders = [n["name"] for n in shown["nodes"] if n["holds_reserved_ip"]]
+    assert len(holders) == 1 and holders[0] != master, holders
 
 
 def test_delete_leaves_nothing_behind(env: Env) -> None:

@@ -873,6 +873,22 @@ def test_deploy_with_a_domain_serves_first_then_publishes_and_checks(
     assert bundle is not None and "api.demo.test" in bundle.domains
 
 
+def test_deploy_with_a_domain_and_a_dead_node_still_publishes_then_names_the_node(
+    rig: Rig, dns: LocalDnsProvider, tmp_path: Path
+) -> None:
+    compose = tmp_path / "api.yml"
+    compose.write_text(WEB_COMPOSE.replace("web:", "api:", 1))
+    rig.probe.silent = {"amber-elk"}
+
+    with pytest.raises(LeftBehindError, match="rolled out api, but amber-elk did not answer"):
+        deploy_service(rig.ctx, DeployRequest("api", compose, "api.demo.test", "/up"))
+
+    assert rig.journal[-1] == f"route api.demo.test checked: it resolves to {RESERVED_IP}"
+    cluster = rig.cluster()
+    assert cluster.routes["api.demo.test"].dns_record_id == "api.demo.test/A"
+    assert cluster.nodes["amber-elk"].status == NODE_OUT_OF_SYNC
+
+
 def test_deploy_whose_route_does_not_answer_yet_warns_and_keeps_serving(
     rig: Rig, dns: LocalDnsProvider, tmp_path: Path
 ) -> None:
