@@ -92,7 +92,7 @@ def join_roll_hosts(joining: list[str]) -> str:
 
     Ansible keeps a union pattern's order, so the new nodes run their services before any peer's
     HAProxy lists them. sync.yml holds keepalived on a node that has no VRRP file yet and starts
-    it in its second play, once every peer, the MASTER last, advertises to the new node.
+    it in its last play, once every peer, the MASTER last, advertises to the new node.
     """
     return ":".join([*joining, "backup", "master"])
 
