@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynia.errors import LeftBehindError, NotFoundError, UsageError, VerifyError
+from dynia.errors import NotFoundError, UsageError, VerifyError
 from dynia.operations import infra, rollout
 from dynia.operations.clusters import cluster_transaction, require_provisioned
 from dynia.operations.deploy_config import render_cluster
@@ -59,8 +59,7 @@ def add_node(ctx: RunContext) -> Node:
             cluster.nodes[name].status = NODE_OUT_OF_SYNC
         txn.save()
         if unanswered:
-            left = rollout.left_behind(unanswered)
-            raise LeftBehindError(f"{unfinished[0]} joined, but {left.message}", hint=left.hint)
+            raise rollout.left_behind(unanswered, done=f"{unfinished[0]} joined")
         return cluster.nodes[unfinished[0]]
 
 
@@ -109,7 +108,7 @@ def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> dict[str, st
     rollout.run(ctx, cluster, "bootstrap.yml", extra_vars=hold, limit=",".join(joining))
     peers = [name for name in cluster.nodes if name not in joining]
     answering, unanswered = rollout.answering_nodes(ctx, cluster, peers)
-    _ship_images(ctx, cluster)
+    rollout.ship_images(ctx, cluster, [*joining, *answering], list(cluster.services.values()))
     ctx.progress(
         "Rolling sync: the new node serves first, then its peers route to it one at a time, "
         "then its keepalived starts"
@@ -123,11 +122,6 @@ def _join(ctx: RunContext, cluster: Cluster, joining: list[str]) -> dict[str, st
     # deploy-config is already rendered
     rollout.run(ctx, cluster, "sync.yml", extra_vars=roll, limit=limit)
     return unanswered
-
-
-def _ship_images(ctx: RunContext, cluster: Cluster) -> None:
-    if cluster.services:
-        ctx.images.ship(ctx.layout, cluster, list(cluster.services.values()), ctx.progress)
 
 
 def remove_node(ctx: RunContext, node_name: str) -> None:
@@ -169,8 +163,7 @@ def remove_node(ctx: RunContext, node_name: str) -> None:
         infra.write_known_hosts(ctx.layout, cluster)
         txn.save()
         if unanswered:
-            left = rollout.left_behind(unanswered)
-            raise LeftBehindError(f"{node_name} was removed, but {left.message}", hint=left.hint)
+            raise rollout.left_behind(unanswered, done=f"{node_name} was removed")
 
 
 def _hand_over(ctx: RunContext, cluster: Cluster, node_name: str) -> None:
@@ -229,8 +222,7 @@ def activate_node(ctx: RunContext, node_name: str) -> str:
         txn.save()
         answer = ctx.probe.wait_for_reserved_ip(cluster)
         if unanswered:
-            left = rollout.left_behind(unanswered)
-            raise LeftBehindError(f"{node_name} is MASTER, but {left.message}", hint=left.hint)
+            raise rollout.left_behind(unanswered, done=f"{node_name} is MASTER")
         return answer
 
 

@@ -249,10 +249,10 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
         def change() -> None:
             if domain:
                 infra.ensure_certificate(layout, txn, cluster)
-            progress(f"Copying images of {service.name} to nodes that lack them")
-            ctx.images.ship(layout, cluster, [service], progress)
             progress(f"Rolling out {service.name}, {rollout.pace(plan)}")
-            rollout.sync_and_verify(ctx, cluster, persist=txn.save, batch=request.batch)
+            rollout.sync_and_verify(
+                ctx, cluster, persist=txn.save, batch=request.batch, ship=[service]
+            )
 
         publish = (
             f"`dynia route bind --domain {domain} --service {service.name}` to create its "

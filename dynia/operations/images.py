@@ -14,7 +14,6 @@ from dynia import ssh
 from dynia.errors import ProviderError, UsageError
 from dynia.operations import Progress
 from dynia.paths import HomeLayout
-from dynia.ssh import HostKeyMismatchError, SshError
 from dynia.state.models import Cluster, Node, Service
 
 # Nodes looked at, or loaded, at the same time: enough for a cluster's worth at once without
@@ -98,21 +97,10 @@ def _ship_to_node(
     images: list[tuple[str, str]],
     progress: Progress,
 ) -> int:
-    """Load each ``(image, id)`` the node lacks onto it; returns copies made.
-
-    A node that does not answer gets none: the roll that follows leaves it out too and says so.
-    """
+    """Load each ``(image, id)`` the node lacks onto it; returns copies made."""
     copies = 0
     for image, image_id in images:
-        try:
-            found = _node_image_id(layout, cluster, node, image)
-        except HostKeyMismatchError:
-            raise
-        except SshError as exc:
-            reason = ssh.failure_reason(exc)
-            progress(f"  {node.name} does not answer over SSH ({reason}): no image copied")
-            return copies
-        if found == image_id:
+        if _node_image_id(layout, cluster, node, image) == image_id:
             continue
         progress(f"  copying image {image} to {node.name}")
         _ship(layout, cluster, node, image)

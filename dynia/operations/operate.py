@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dynia.errors import UsageError
 from dynia.operations import certificates, deploy_config, infra, rollout
@@ -15,7 +15,7 @@ from dynia.operations.clusters import (
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize, DriftReport
 from dynia.operations.run_context import RunContext
-from dynia.state.models import NODE_OUT_OF_SYNC, Cluster
+from dynia.state.models import Cluster
 
 
 def sync(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
@@ -25,22 +25,7 @@ def sync(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
         plan = rollout.batch_plan(batch, len(cluster.nodes))
         _require_current_deploy_config(ctx, cluster)
         ctx.progress(f"Syncing {cluster.name}: {len(cluster.nodes)} node(s), {rollout.pace(plan)}")
-        ship_images_to_nodes_behind(ctx, cluster)
         return rollout.sync_and_verify(ctx, cluster, persist=txn.save, render=False, batch=batch)
-
-
-def ship_images_to_nodes_behind(ctx: RunContext, cluster: Cluster) -> None:
-    """Copy the service images to the nodes a roll left out (marked out-of-sync).
-
-    A node that missed a deploy lacks the images of that deploy, and nodes have no registry to
-    pull from. The nodes in sync already hold every image, so only these are looked at: a sync
-    of a healthy cluster makes no extra connection.
-    """
-    behind = {name: n for name, n in cluster.nodes.items() if n.status == NODE_OUT_OF_SYNC}
-    if behind and cluster.services:
-        ctx.progress(f"Copying service images to {', '.join(sorted(behind))} if they lack them")
-        services = list(cluster.services.values())
-        ctx.images.ship(ctx.layout, replace(cluster, nodes=behind), services, ctx.progress)
 
 
 def drift_check(ctx: RunContext) -> DriftReport:
@@ -107,11 +92,10 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
         answering, unanswered = rollout.answering_nodes(ctx, cluster, cluster.nodes)
         extra_vars = rollout.batch_vars(batch, len(answering))
         extra_vars |= rollout.server_states(cluster, answering, unanswered)
-        ship_images_to_nodes_behind(ctx, cluster)
+        rollout.ship_images(ctx, cluster, answering)
         limit = ",".join(answering) if unanswered else None
         rollout.run(ctx, cluster, "repair.yml", extra_vars=extra_vars, limit=limit)
-        # A node left out is reported as drift: compare_nodes finds it unreachable.
-        report = rollout.compare_nodes(ctx, cluster)
+        report = rollout.compare_nodes(ctx, cluster, unanswered)  # left out: reported as drift
         rollout.mark_sync_outcome(cluster, report)
         txn.save()
         # Restarting keepalived everywhere may have moved the MASTER role.

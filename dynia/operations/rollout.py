@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynia.errors import DriftError, LeftBehindError, RunnerError, UsageError
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.run_context import RunContext
 from dynia.runner import PlaybookResult
-from dynia.state.models import NODE_OUT_OF_SYNC, NODE_READY, Cluster
+from dynia.state.models import NODE_OUT_OF_SYNC, NODE_READY, Cluster, Service
 
 
 @dataclass(frozen=True)
@@ -203,10 +203,16 @@ def render_and_sync_answering(
     return unanswered
 
 
-def compare_nodes(ctx: RunContext, cluster: Cluster) -> DriftReport:
-    """Read-only comparison of every node with deploy-config."""
-    result = run(ctx, cluster, "drift-check.yml", raise_on_failure=False)
-    return drift_report(cluster, result)
+def compare_nodes(
+    ctx: RunContext, cluster: Cluster, unanswered: dict[str, str] | None = None
+) -> DriftReport:
+    """Read-only comparison of every node with deploy-config; the ``unanswered`` nodes, known
+    not to answer, are reported without being waited on again."""
+    limit = (
+        ",".join(n for n in sorted(cluster.nodes) if n not in unanswered) if unanswered else None
+    )
+    result = run(ctx, cluster, "drift-check.yml", raise_on_failure=False, limit=limit)
+    return drift_report(cluster, result, unanswered)
 
 
 def compared_by_sync(
@@ -314,15 +320,18 @@ def sync_and_verify(
     persist: Callable[[], None] | None = None,
     render: bool = True,
     batch: BatchSize = ONE_AT_A_TIME,
+    ship: Sequence[Service] = (),
 ) -> DriftReport:
     """Sync and verify: a node whose hashes still differ is marked out-of-sync.
 
     The sync's own comparisons are the verification; drift-check runs only when the sync did
     not compare every node. ``batch`` nodes change at once (a one-node canary first). A node
     that does not answer over SSH is left out of the roll and marked out-of-sync: the others
-    are synced, then DriftError says which nodes were left behind.
+    are synced, then DriftError says which nodes were left behind. The images of ``ship`` are
+    copied first to the nodes that answered (see :func:`ship_images`).
     """
     targets, unanswered = answering_nodes(ctx, cluster, cluster.nodes)
+    ship_images(ctx, cluster, targets, ship)
     if render:
         render_cluster(ctx.layout, cluster)
     result = _sync_past_lost_nodes(ctx, cluster, targets, unanswered, batch)
@@ -375,13 +384,19 @@ def answering_nodes(
     return answering, unanswered
 
 
-def left_behind(unanswered: dict[str, str], also_drifted: list[str] | None = None) -> DriftError:
-    """The error a roll ends with when nodes did not answer: the others run the change."""
+def left_behind(
+    unanswered: dict[str, str], also_drifted: list[str] | None = None, done: str = ""
+) -> LeftBehindError:
+    """The error a roll ends with when nodes did not answer: the others run the change.
+
+    ``done`` says what the command achieved all the same ("web2 joined").
+    """
     names = ", ".join(sorted(unanswered))
     one = len(unanswered) == 1
     message = (
-        f"{names} did not answer over SSH and kept {'its' if one else 'their'} previous files "
-        "(marked out-of-sync); every other node was rolled out"
+        f"{done + ', but ' if done else ''}{names} did not answer over SSH and kept "
+        f"{'its' if one else 'their'} previous files (marked out-of-sync); every other node "
+        "was rolled out"
     )
     if also_drifted:
         message += f", but {', '.join(also_drifted)} still differ from deploy-config"
@@ -391,3 +406,24 @@ def left_behind(unanswered: dict[str, str], also_drifted: list[str] | None = Non
         "restarts stays out of rotation until then); remove a node gone for good with "
         "`dynia cluster node remove NAME`",
     )
+
+
+def ship_images(
+    ctx: RunContext, cluster: Cluster, answering: list[str], services: Sequence[Service] = ()
+) -> None:
+    """Copy the images a roll needs onto the nodes it reaches (``answering``), before it starts.
+
+    The images of ``services`` go to each of them. Every service's images also go to a node
+    marked out-of-sync: it may have missed a deploy, and nodes have no registry to pull from.
+    A sync of a cluster in sync looks at no node.
+    """
+    reached = {name: cluster.nodes[name] for name in answering}
+    if services:
+        names = ", ".join(service.name for service in services)
+        ctx.progress(f"Copying images of {names} to nodes that lack them")
+        ctx.images.ship(ctx.layout, replace(cluster, nodes=reached), list(services), ctx.progress)
+    behind = {name: node for name, node in reached.items() if node.status == NODE_OUT_OF_SYNC}
+    if behind and cluster.services:
+        ctx.progress(f"Copying service images to {', '.join(sorted(behind))} if they lack them")
+        every = list(cluster.services.values())
+        ctx.images.ship(ctx.layout, replace(cluster, nodes=behind), every, ctx.progress)
