@@ -123,6 +123,7 @@ def _plan(txn: Transaction, request: CreateRequest) -> Cluster:
         image=resolve_image(request.node_provider, request.image),
         settings=ClusterSettings(
             vrrp_advert_int=traits.default_vrrp_advert_int,
+            vrrp_down_timer_adverts=traits.default_vrrp_down_timer_adverts,
             certificate_issuer=request.cert_issuer,
             dns_proxied=request.dns_proxied,
             allow_main_credential_on_nodes=request.allow_main_token_on_nodes,

@@ -181,6 +181,7 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_virtual_router_id": cluster.settings.vrrp_router_id,
         "keepalived_priority": node.priority,
         "keepalived_advert_int": cluster.settings.vrrp_advert_int,
+        "keepalived_down_timer_adverts": cluster.settings.vrrp_down_timer_adverts,
         # Sub-second adverts must go out on time on busy cores, or a BACKUP holds an election.
         "keepalived_vrrp_nice": -20,
         "keepalived_vrrp_version": 3,
@@ -191,6 +192,10 @@ def keepalived_vars(cluster: Cluster, node: Node, reserved_ip_mode: str) -> dict
         "keepalived_notify_master_script": notify,
         # A node that comes back stays BACKUP: moving the address back would be a second outage.
         "keepalived_nopreempt": True,
+        # Two MASTERs at once (a frozen MASTER thawed): the network learns at once which one
+        # stays, instead of at the next periodic gratuitous ARP, 10 s later.
+        "keepalived_higher_prio_send_advert": True,
+        "keepalived_garp_lower_prio_repeat": 2,
     }
 
 

@@ -153,6 +153,8 @@ class Route:
 class ClusterSettings:
     vrrp_router_id: int = 51
     vrrp_advert_int: float = 1.0
+    # Adverts a BACKUP misses before it takes over; 3 is the VRRP RFCs' value.
+    vrrp_down_timer_adverts: int = 3
     caddy_port: int = 8080
     http_port: int = 80
     https_port: int = 443

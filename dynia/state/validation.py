@@ -58,6 +58,7 @@ _SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A pinned host key as known_hosts holds it ("<type> <base64>"): one line, no quotes or '$'.
 _HOST_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@.+/= -]{0,8191}")
 _MAX_ADVERT_INT = 255.0  # keepalived's upper bound, in seconds
+_MAX_DOWN_TIMER_ADVERTS = 100  # keepalived's upper bound for down_timer_adverts
 
 
 def _kind(value: Any) -> str:
@@ -310,6 +311,11 @@ def _check_settings(base: str, settings: models.ClusterSettings) -> None:
         math.isfinite(advert) and 0 < advert <= _MAX_ADVERT_INT,
         f"{path}.vrrp_advert_int",
         f"must be a number of seconds above 0 and at most {_MAX_ADVERT_INT:g}",
+    )
+    _check(
+        1 <= settings.vrrp_down_timer_adverts <= _MAX_DOWN_TIMER_ADVERTS,
+        f"{path}.vrrp_down_timer_adverts",
+        f"must be a whole number of adverts from 1 to {_MAX_DOWN_TIMER_ADVERTS}",
     )
     for name in ("caddy_port", "http_port", "https_port"):
         _check_port(getattr(settings, name), f"{path}.{name}")

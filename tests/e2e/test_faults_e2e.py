@@ -422,6 +422,31 @@ def test_a_backup_whose_network_goes_down_fails_no_request(cluster: Cluster) -> 
     assert not timeline.failed
 
 
+def test_a_backup_on_a_lossy_link_claims_no_address(cluster: Cluster) -> None:
+    """A link that drops a fifth of its packets, both ways: the BACKUP must not take the address.
+
+    VRRP counts a MASTER dead after a few missed adverts; lost ones look the same. A BACKUP
+    that claims the address takes the traffic (on DigitalOcean it reassigns the Reserved IP)
+    until the MASTER's next advert sends it back.
+    """
+    holder, victim = cluster.holder(), cluster.a_backup()
+    drop = "-m statistic --mode random --probability 0.2 -j DROP"
+    rules = [f"INPUT -i eth0 {drop}", f"OUTPUT -o eth0 {drop}"]
+    since = int(time.time())
+    timeline = measure(
+        cluster, "20% packet loss on a BACKUP's link for 20 s",
+        lambda: [cluster.node_exec(victim, f"iptables -I {rule}") for rule in rules], hold=20,
+        recover=lambda: [cluster.node_exec(victim, f"iptables -D {rule}") for rule in rules],
+    )  # fmt: skip
+    states = f"journalctl -u keepalived --since @{since} -o cat | grep -c 'Entering MASTER' || true"
+    claims = int(cluster.node_exec(victim, states) or 0)
+    print(f"MASTER claims by the BACKUP on the lossy link: {claims}")
+    assert claims == 0
+    assert cluster.holder() == holder
+    # A request the lossy link itself loses past every TCP retry is the network's, not VRRP's.
+    assert len(timeline.failed) <= len(timeline.outcomes) // 100, timeline.summary()
+
+
 def test_haproxy_stopped_on_the_master_fails_no_request(cluster: Cluster) -> None:
     master = cluster.holder()
     timeline = measure(

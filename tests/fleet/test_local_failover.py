@@ -13,7 +13,7 @@ import yaml
 from testnodes import Fleet
 
 from dynia.paths import shipped_dir
-from dynia.providers import node_provider_traits
+from dynia.providers import NodeProviderTraits, node_provider_traits
 from dynia.providers.base import ProvisionedNode
 from dynia.providers.local.engine import Docker
 from dynia.ssh import run_ssh
@@ -91,7 +91,9 @@ def configure_haproxy(fleet: Fleet, node: ProvisionedNode) -> None:
     fleet.ssh(node, "haproxy -c -q -f /etc/haproxy/haproxy.cfg && systemctl restart haproxy")
 
 
-def configure_keepalived(fleet: Fleet, node: ProvisionedNode, priority: int, advert: float) -> None:
+def configure_keepalived(
+    fleet: Fleet, node: ProvisionedNode, priority: int, traits: NodeProviderTraits
+) -> None:
     peers = [other.private_ip for other in fleet.nodes if other.name != node.name]
     config = render(
         "keepalived/templates/keepalived.conf.j2",
@@ -103,7 +105,8 @@ def configure_keepalived(fleet: Fleet, node: ProvisionedNode, priority: int, adv
         keepalived_interface=fleet.network.interface,
         keepalived_virtual_router_id=51,
         keepalived_priority=priority,
-        keepalived_advert_int=advert,
+        keepalived_advert_int=traits.default_vrrp_advert_int,
+        keepalived_down_timer_adverts=traits.default_vrrp_down_timer_adverts,
         keepalived_vrrp_version=3,
         keepalived_unicast_src_ip=node.private_ip,
         keepalived_unicast_peers=peers,
@@ -122,11 +125,11 @@ def test_killing_the_master_moves_the_reserved_ip(local_nodes, busybox_image: st
     fleet = local_nodes(2)
     master, backup = fleet.nodes
     saved = Docker().run(["save", busybox_image]).stdout
-    advert = node_provider_traits("local").default_vrrp_advert_int
+    traits = node_provider_traits("local")
     for node, priority in ((master, 150), (backup, 100)):
         start_web(fleet, node, busybox_image, saved)
         configure_haproxy(fleet, node)
-        configure_keepalived(fleet, node, priority, advert)
+        configure_keepalived(fleet, node, priority, traits)
     url = f"http://{fleet.reserved_ip.address}/"
     wait_for(lambda: http_body(url) == master.name, timeout=30)
     assert fleet.reserved_ip.address not in fleet.ssh(backup, "ip -4 -o addr show eth0")

@@ -17,6 +17,7 @@ from sample_state import render_sample, sample_cluster
 from dynia.errors import RenderError
 from dynia.operations.deploy_config import render_cluster, render_inputs
 from dynia.paths import HomeLayout
+from dynia.providers import node_provider_traits
 from dynia.render.renderer import Renderer, RenderInputs
 from dynia.render.validate import pick_stable_interface
 
@@ -96,6 +97,22 @@ def test_keepalived_peers_priority_and_virtual_address_per_node(layout: HomeLayo
     assert "unicast_src_ip 172.30.9.11" in backup
     assert "172.30.9.10\n" in backup and "172.30.9.12\n" in backup
     assert "172.30.9.250/24" in master
+
+
+def test_a_local_cluster_lets_a_lossy_link_drop_five_adverts_before_a_backup_claims(
+    layout: HomeLayout,
+) -> None:
+    traits = node_provider_traits("local")
+    cluster = sample_cluster()
+    cluster.settings.vrrp_advert_int = traits.default_vrrp_advert_int
+    cluster.settings.vrrp_down_timer_adverts = traits.default_vrrp_down_timer_adverts
+    report = render_cluster(layout, cluster)
+    assert "keepalived" in {v.program for v in report.validations if not v.skipped}
+    text = (report.result.directory / "keepalived/quiet-fox.conf").read_text()
+    assert "advert_int 0.1\n" in text and "down_timer_adverts 6\n" in text
+    # A MASTER counted dead after 0.6 s, as with 0.15 s adverts and the RFCs' 3 plus skew.
+    assert 0.5 <= traits.default_vrrp_advert_int * traits.default_vrrp_down_timer_adverts <= 0.7
+    assert "vrrp_higher_prio_send_advert true" in text
 
 
 def test_api_mode_provider_gets_notify_script_and_no_virtual_address(

@@ -262,6 +262,20 @@ def test_integer_is_accepted_where_a_number_is_expected() -> None:
     assert parse_state(data).clusters["prod"].settings.vrrp_advert_int == 2
 
 
+@pytest.mark.parametrize("adverts", [0, 101, 2.5, True])
+def test_missed_adverts_before_a_takeover_must_be_what_keepalived_takes(adverts: object) -> None:
+    data = full_dict()
+    data["clusters"]["prod"]["settings"]["vrrp_down_timer_adverts"] = adverts
+    with pytest.raises(ValueError, match=r"settings\.vrrp_down_timer_adverts"):
+        parse_state(data)
+
+
+def test_a_state_written_before_missed_adverts_were_recorded_keeps_the_rfcs_three() -> None:
+    data = full_dict()
+    del data["clusters"]["prod"]["settings"]["vrrp_down_timer_adverts"]
+    assert parse_state(data).clusters["prod"].settings.vrrp_down_timer_adverts == 3
+
+
 def test_node_ips_may_be_empty_while_provisioning() -> None:
     data = full_dict()
     node = data["clusters"]["prod"]["nodes"]["quiet-fox"]
