@@ -19,8 +19,9 @@ def atomic_write(
     Temp file in the same folder (created with the final mode, so a key is never readable by
     others), fsync, rename, fsync of the folder so the rename itself survives a power cut.
     ``before_rename`` may adjust the finished temp file (e.g. its mtime) just before it appears.
-    Temp files are named ``.<name>.<random>.tmp``.
+    Temp files are named ``.<name>.<random>.tmp``. Missing folders above ``path`` are created.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = write_temp(path, data, mode)
     try:
         if before_rename is not None:
@@ -36,8 +37,9 @@ def write_temp(path: Path, data: bytes, mode: int) -> Path:
 
     Split from the rename so that a caller can do every write that may fail (a full disk) before
     it changes anything, then finish with renames only. Nothing is left behind on failure.
+    ``path``'s folder must exist: the state file may be a link into a folder that is not mounted
+    now, and creating that folder would start a second, empty state where the real one belongs.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:

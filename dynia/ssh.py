@@ -127,11 +127,32 @@ def failure_reason(error: SshError) -> str:
     return re.sub(r"^ssh \S+ failed: ", "", error.message)
 
 
+# What an ssh_config(5) argument may hold without quotes: anything else (a space, a quote, a '#')
+# is quoted, since ssh splits UserKnownHostsFile's value into several files at whitespace.
+_SSH_CONFIG_PLAIN = re.compile(r"[A-Za-z0-9_/.,:@+=%-]+")
+
+
+def ssh_config_value(value: str) -> str:
+    r"""``value`` as one argument of an ssh_config(5) option (``-o Name=<this>``).
+
+    ssh reads the argument as its config files do: double quotes group words, ``\\`` and ``\"``
+    are escapes inside them, and paths expand ``%`` tokens (``%%`` is a literal ``%``). ssh has no
+    escape for ``${``, which it expands from the environment: such a value is a ValueError (the
+    dynia home refuses those paths, dynia.paths.check_home_path).
+    """
+    if "${" in value:
+        raise ValueError(f"ssh would expand '${{' in {value!r}; it cannot be passed to ssh")
+    value = value.replace("%", "%%")
+    if _SSH_CONFIG_PLAIN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def ssh_options(known_hosts: Path, connect_timeout: int = 5) -> list[str]:
     """The ``-o`` options every connection uses: pinned keys only, no prompts, no learning."""
     options = {
         "StrictHostKeyChecking": "yes",
-        "UserKnownHostsFile": str(known_hosts),
+        "UserKnownHostsFile": ssh_config_value(str(known_hosts)),
         "GlobalKnownHostsFile": "/dev/null",
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",

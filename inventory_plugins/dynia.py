@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
@@ -102,10 +104,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         )
         for group in (cluster_group, "master", "backup", provider_group):
             self.inventory.add_group(group)
-        common_args = (
-            f"-o UserKnownHostsFile={os.path.join(ssh_dir, 'known_hosts')} "
-            "-o StrictHostKeyChecking=yes"
-        )
+        common_args = ssh_common_args(os.path.join(ssh_dir, "known_hosts"))
         strict = self.get_option("strict")
         for node in nodes:
             name = node["name"]
@@ -136,6 +135,29 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self._add_host_to_keyed_groups(
             self.get_option("keyed_groups"), host_vars, host, strict=strict
         )
+
+
+# Mirrors dynia.ssh.ssh_config_value (this plugin imports no dynia module): what an ssh_config(5)
+# argument may hold unquoted.
+_SSH_CONFIG_PLAIN = re.compile(r"[A-Za-z0-9_/.,:@+=%-]+")
+
+
+def ssh_common_args(known_hosts: str) -> str:
+    """``ansible_ssh_common_args`` pinning ``known_hosts``, whatever characters its path holds.
+
+    Two layers read it: Ansible splits the string as a shell would (shlex), then ssh splits the
+    ``-o`` value as a config line, where whitespace separates several known_hosts files. So the
+    path is quoted for ssh first, and the whole option quoted for shlex around that.
+    """
+    if "${" in known_hosts:
+        raise AnsibleParserError(
+            f"the known_hosts path {known_hosts} holds '${{', which ssh expands from the "
+            "environment: use a dynia home without it"
+        )
+    value = known_hosts.replace("%", "%%")  # ssh expands %-tokens in the path
+    if not _SSH_CONFIG_PLAIN.fullmatch(value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return shlex.join(["-o", f"UserKnownHostsFile={value}", "-o", "StrictHostKeyChecking=yes"])
 
 
 def _load_cluster(state_file: str, cluster_name: str) -> dict:

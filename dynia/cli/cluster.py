@@ -6,7 +6,7 @@ import click
 
 from dynia.cli.complete import cluster_names, node_names
 from dynia.cli.context_obj import AppContext
-from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of
+from dynia.cli.output import JSON_OPTION_HELP, emit_json, store_of, warn
 from dynia.operations import cluster_delete, cluster_nodes
 from dynia.operations.cluster_create import CreateRequest, create_cluster
 from dynia.operations.clusters import (
@@ -206,25 +206,39 @@ def show_command(app: AppContext, check_health: bool, as_json: bool) -> None:
     shell_complete=cluster_names,
 )
 @click.option("--purge-volumes", is_flag=True, help="Also delete the services' Docker volumes.")
+@click.option(
+    "--keep-dns",
+    is_flag=True,
+    help="Leave the DNS records in place (e.g. their zone or the DNS token is gone) and delete "
+    "the rest; each record left is named with its id, to delete by hand.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def delete_command(app: AppContext, name: str | None, purge_volumes: bool, yes: bool) -> None:
+def delete_command(
+    app: AppContext, name: str | None, purge_volumes: bool, keep_dns: bool, yes: bool
+) -> None:
     """Tear a cluster down: DNS records, services, Reserved IP, nodes, state entry.
 
     \b
     Example:
       dynia cluster delete --name demo --yes
+      dynia cluster delete --name demo --keep-dns --yes   # the DNS provider cannot answer
     """
     store = store_of(app)
     cluster = selected_cluster(store.load(), name or app.cluster_option)
     if not yes:
-        click.confirm(
-            f"Delete cluster {cluster.name} with {len(cluster.nodes)} node(s), "
-            f"{len(cluster.routes)} DNS record(s) and its Reserved IP?",
-            abort=True,
+        nodes, records = f"{len(cluster.nodes)} node(s)", f"{len(cluster.routes)} DNS record(s)"
+        question = (
+            f"Delete cluster {cluster.name} with {nodes} and its Reserved IP, leaving its "
+            f"{records} in place?"
+            if keep_dns
+            else f"Delete cluster {cluster.name} with {nodes}, {records} and its Reserved IP?"
         )
-    cluster_delete.delete_cluster(app.run_context, cluster.name, purge_volumes)
+        click.confirm(question, abort=True)
+    kept = cluster_delete.delete_cluster(app.run_context, cluster.name, purge_volumes, keep_dns)
     click.echo(f"Deleted cluster {cluster.name}.")
+    for line in kept:
+        warn(f"DNS record left in place: {line}")
 
 
 @cluster_group.group("node")

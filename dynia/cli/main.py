@@ -6,7 +6,9 @@ Each top-level command lives in ``dynia/cli/<command>.py`` and is imported only 
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import shlex
 import sys
 
 import click
@@ -37,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Options of `dynia` itself: given after a command, click reports them as unknown to it.
+GLOBAL_OPTIONS = ("--cluster", "--home")
 INTERRUPTED = "Interrupted. State keeps every completed step; re-run the command to resume."
 
 
@@ -58,6 +62,20 @@ class LazyGroup(click.Group):
                 return None
             raise
         return getattr(module, attribute)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            # click looks for close matches in self.commands, which stays empty here (commands
+            # load on first use): suggest from the command table instead.
+            typed = args[0] if args else ""
+            close = difflib.get_close_matches(typed, COMMANDS)
+            if close and typed not in COMMANDS and "Did you mean" not in exc.message:
+                exc.message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+            raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -94,6 +112,8 @@ def cli(ctx: click.Context, home: str | None, cluster_name: str | None) -> None:
       dynia cluster create --name demo --nodes 3
       dynia deploy --name web --compose web.yml --domain web.demo.test
     """
+    if ctx.get_parameter_source("home") is click.core.ParameterSource.ENVIRONMENT:
+        home = None  # resolve_home reads DYNIA_HOME itself, and names it when it refuses it
     ctx.obj = AppContext.from_options(home=home, cluster_name=cluster_name)
 
 
@@ -114,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.NoSuchOption as exc:
+        _show_no_such_option(exc, sys.argv[1:] if argv is None else argv)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -128,3 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
         sys.exit(130)
+
+
+def _show_no_such_option(exc: click.NoSuchOption, argv: list[str]) -> None:
+    """click's message; for `--cluster`/`--home` given after a command, say they go before it."""
+    if exc.option_name not in GLOBAL_OPTIONS or exc.ctx is None or exc.ctx.parent is None:
+        exc.show()
+        return
+    # Without click's guess ("Did you mean '--help'?"), which the hint would contradict.
+    click.NoSuchOption(exc.option_name, ctx=exc.ctx).show()
+    option = exc.option_name
+    value = _value_of(option, argv) or ("NAME" if option == "--cluster" else "PATH")
+    command = exc.ctx.command_path.split(" ", 1)[1]  # "dynia cluster show" -> "cluster show"
+    click.echo(
+        f"  hint: {option} is a global option: give it before the command, e.g. "
+        f"`dynia {option} {shlex.quote(value)} {command} ...`",
+        err=True,
+    )
+
+
+def _value_of(option: str, argv: list[str]) -> str | None:
+    """The value given to ``option`` in ``argv`` (``--opt VALUE`` or ``--opt=VALUE``)."""
+    for index, word in enumerate(argv):
+        if word.startswith(option + "="):
+            return word.split("=", 1)[1]
+        if word == option and index + 1 < len(argv):
+            return argv[index + 1]
+    return None

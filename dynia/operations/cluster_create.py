@@ -8,16 +8,23 @@ is asked, and providers find existing resources by name.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from dynia.endpoints import PRIVATE, check_endpoint
 from dynia.errors import RenderError, UsageError
 from dynia.operations import Progress, infra
 from dynia.operations.certificates import check_certificate_options
 from dynia.operations.config import check_image, check_slug
-from dynia.operations.deploy_config import check_node_token
+from dynia.operations.deploy_config import (
+    DIGITALOCEAN_API_URL_ENV,
+    DIGITALOCEAN_METADATA_URL_ENV,
+    check_node_token,
+)
 from dynia.operations.run_context import RunContext
 from dynia.providers import check_dns_provider, check_node_provider, node_provider_traits
 from dynia.providers.base import NodeProvider
+from dynia.render import variables
 from dynia.state import Transaction
 from dynia.state.models import (
     CERT_ISSUER_LOCAL,
@@ -149,6 +156,26 @@ def _check_node_token(request: CreateRequest, existing: Cluster | None) -> None:
         raise UsageError(message, exc.hint) from exc
 
 
+def _ready_provider(ctx: RunContext, request: CreateRequest) -> NodeProvider | None:
+    """The node provider that will build the cluster, or None for ``--plan-only``.
+
+    Made before anything is recorded: making it resolves its credentials and checks its API
+    address, so a missing token or a garbage URL refuses the command instead of leaving behind a
+    planned cluster that a corrected re-run calls a conflict.
+    """
+    if request.plan_only:
+        return None
+    provider = ctx.node_providers(request.node_provider, ctx.layout)
+    if node_provider_traits(request.node_provider).reserved_ip_mode == "api":
+        # The first render writes these into the nodes' failover script; refuse them now too.
+        for name, default in (
+            (DIGITALOCEAN_API_URL_ENV, variables.DEFAULT_DIGITALOCEAN_API_URL),
+            (DIGITALOCEAN_METADATA_URL_ENV, variables.DEFAULT_DIGITALOCEAN_METADATA_URL),
+        ):
+            check_endpoint(name, os.environ.get(name) or default, PRIVATE)
+    return provider
+
+
 def _prepare_image(provider: NodeProvider, cluster: Cluster, progress: Progress) -> None:
     """Let a provider that builds its node images (local) build this one now, with progress
     lines, rather than silently inside the first node's creation."""
@@ -160,6 +187,7 @@ def _prepare_image(provider: NodeProvider, cluster: Cluster, progress: Progress)
 def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
+    provider = _ready_provider(ctx, request)  # before the lock: a refusal creates nothing
     progress = ctx.progress
     with ctx.store.transaction("dynia cluster create") as txn:
         _check_node_token(request, txn.state.clusters.get(request.name))
@@ -170,10 +198,9 @@ def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
         if cluster.status != STATUS_PLANNED:
             progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")
             return cluster
-        if request.plan_only:
+        if provider is None:  # --plan-only
             progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
             return cluster
-        provider = ctx.node_provider(cluster)
         _prepare_image(provider, cluster, progress)
         infra.provision(ctx, txn, cluster, provider, request.nodes)
         infra.roll_out_infra(ctx, txn, cluster, provider)

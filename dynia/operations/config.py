@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields, replace
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no config yet, or no home folder to hold one
         return {}
     except OSError as exc:  # a folder, no permission, ...
         raise _bad_config(path, exc.strerror or str(exc)) from exc
@@ -133,23 +134,12 @@ def save_defaults(
     """
     _check_updates(updates)
     checked = [_check_zone(zone) for zone in zones]
+    # Checked once before the lock as well, so a refused `init` creates no home, lock or state.
+    _merged_config(layout, updates, checked)
     # Read, merge and write under the state lock: two `init` runs at once must not each write
     # their own change over the other's.
     with store.transaction("dynia init"):  # creates the home and an empty state if needed
-        current = _read_config(layout.config_file)
-        previous = _defaults_from(current, layout.config_file)
-        if updates.get("node_provider", previous.node_provider) != previous.node_provider:
-            # An image names a system of one provider: it does not follow a change of provider.
-            updates = {"image": "", **updates}
-        merged = replace(previous, **updates)
-        if merged.image:
-            check_image(merged.node_provider, merged.image)
-        if {"dns_provider", "cert_issuer", "dns_proxied"} & set(updates):
-            check_certificate_options(merged.dns_provider, merged.cert_issuer, merged.dns_proxied)
-        current.update(updates)
-        if checked:
-            known = _zones_of(current, layout.config_file)
-            current[ZONES_KEY] = sorted({*known, *checked})
+        current, merged = _merged_config(layout, updates, checked)
         text = json.dumps(current, indent=2, sort_keys=True) + "\n"
         try:
             atomic_write(layout.config_file, text.encode(), 0o600)
@@ -160,6 +150,78 @@ def save_defaults(
                 "the previous file is unchanged",
             ) from exc
     return merged
+
+
+def _merged_config(
+    layout: HomeLayout, updates: dict[str, Any], zones: list[str]
+) -> tuple[dict[str, Any], Defaults]:
+    """config.json's content with ``updates`` and ``zones`` merged in, and the defaults it
+    holds then; UsageError when they would not fit together."""
+    current = _read_config(layout.config_file)
+    previous = _defaults_from(current, layout.config_file)
+    if updates.get("node_provider", previous.node_provider) != previous.node_provider:
+        # An image names a system of one provider: it does not follow a change of provider.
+        updates = {"image": "", **updates}
+    merged = replace(previous, **updates)
+    if merged.image:
+        check_image(merged.node_provider, merged.image)
+    if set(_CERTIFICATE_FLAGS) & set(updates):
+        _check_certificate_defaults(merged, updates, layout.config_file)
+    current.update(updates)
+    if zones:
+        known = _zones_of(current, layout.config_file)
+        current[ZONES_KEY] = sorted({*known, *zones})
+    return current, merged
+
+
+# The defaults that must fit together, and the `init` flag that sets each.
+_CERTIFICATE_FLAGS = ("dns_provider", "cert_issuer", "dns_proxied")
+
+
+def _flag(key: str, value: Any) -> str:
+    if key == "dns_proxied":
+        return "--proxied" if value else "--no-proxied"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def _check_certificate_defaults(merged: Defaults, updates: dict[str, Any], path: Path) -> None:
+    """Refuse certificate defaults that do not fit together, blaming the saved ones if the
+    options given would fit without them (the operator may not remember setting those)."""
+    try:
+        check_certificate_options(merged.dns_provider, merged.cert_issuer, merged.dns_proxied)
+    except UsageError as exc:
+        saved = _conflicting_saved_defaults(merged, updates)
+        if not saved:
+            raise
+        given = " ".join(_flag(k, updates[k]) for k in _CERTIFICATE_FLAGS if k in updates)
+        kept = " ".join(_flag(k, getattr(merged, k)) for k in saved)
+        cleared = " ".join(_flag(k, getattr(Defaults(), k)) for k in saved)
+        raise UsageError(
+            f"{given} conflicts with the default{'s' if len(saved) > 1 else ''} saved in "
+            f"{path}: {kept} ({exc.message})",
+            hint=f"clear {'them' if len(saved) > 1 else 'it'} in the same command: "
+            f"dynia init {given} {cleared}",
+        ) from exc
+
+
+def _conflicting_saved_defaults(merged: Defaults, updates: dict[str, Any]) -> list[str]:
+    """The fewest saved (not given) certificate defaults whose reset makes ``merged`` valid;
+    [] when the options given do not fit even without them."""
+    blank = Defaults()
+    saved = [
+        key
+        for key in _CERTIFICATE_FLAGS
+        if key not in updates and getattr(merged, key) != getattr(blank, key)
+    ]
+    for size in range(1, len(saved) + 1):
+        for keys in combinations(saved, size):
+            reset = replace(merged, **{k: getattr(blank, k) for k in keys})
+            try:
+                check_certificate_options(reset.dns_provider, reset.cert_issuer, reset.dns_proxied)
+            except UsageError:
+                continue
+            return list(keys)
+    return []
 
 
 def _check_updates(updates: dict[str, Any]) -> None:

@@ -12,11 +12,12 @@
   those, so a hand-made record of the same name is never deleted.
 * Retries: Dynia's own loop (the SDK's retries are off), bounded by ``max_retries``: a 429 waits
   as ``Retry-After`` says (up to ``MAX_RETRY_AFTER``; the SDK ignores anything above 60 s), 5xx
-  and connection errors back off; every wait is reported through ``progress``. A create (DNS
+  and connection errors back off, and so does an answer the SDK cannot read (a proxy's HTML page,
+  JSON cut short); every wait is reported through ``progress``. A create (DNS
   record, Origin CA certificate) is never re-sent blindly: the record (by name, type, content)
   or certificate (by its CSR and hostnames) is looked up first, since a 5xx can come after
-  Cloudflare made it. Deleting a record that is already gone counts as done. Failures become
-  ``ProviderError`` naming the operation and what to do.
+  Cloudflare made it. Deleting a record that is already gone, or whose zone is gone, counts as
+  done. Failures become ``ProviderError`` naming the operation and what to do.
 
 ``CloudflareOriginCa`` issues and revokes Origin CA certificates (the cluster certificate of a
 cluster with ``certificate_issuer = "cloudflare-origin"``) with the same token, which then also
@@ -26,11 +27,13 @@ go with proxied records.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import cloudflare
@@ -57,6 +60,20 @@ ISSUE_REFUSED_HINT = "every hostname must be in a zone of the account that the t
 MAX_RETRY_AFTER = 300.0  # longest Retry-After Dynia waits out; beyond it, the operator decides
 BASE_DELAY = 0.5  # first backoff after a 5xx or a connection error, doubled each time
 MAX_DELAY = 8.0
+UNREADABLE_HINT = (
+    "something other than the Cloudflare API may have answered (a proxy, a captive portal), or "
+    f"Cloudflare has an incident: check {BASE_URL_ENV}, the network path and "
+    "https://www.cloudflarestatus.com, then re-run the same command"
+)
+# Failures worth another try: the API (or the way to it) may answer properly a moment later.
+_TRANSIENT = (
+    cloudflare.RateLimitError,
+    cloudflare.InternalServerError,
+    cloudflare.APIConnectionError,
+    cloudflare.APIResponseValidationError,
+)
+# The SDK module that turns an HTTP answer into objects (see _unreadable).
+_SDK_RESPONSE_MODULE = "cloudflare._response"
 
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -112,7 +129,7 @@ class _Api:
         self.scopes = scopes
         self.attempts = max_retries + 1
         self._sleep = sleep
-        self._progress = progress or _log_progress
+        self.progress = progress or _log_progress
 
     def call(
         self,
@@ -132,19 +149,20 @@ class _Api:
             if attempt > 1 and recover is not None:
                 found = recover()
                 if found is not None:
-                    self._progress(f"Cloudflare accepted the earlier try of {what} after all")
+                    self.progress(f"Cloudflare accepted the earlier try of {what} after all")
                     return found
             try:
                 return operation(*args, **kwargs)
-            except (
-                cloudflare.RateLimitError,
-                cloudflare.InternalServerError,
-                cloudflare.APIConnectionError,
-            ) as exc:
+            except _TRANSIENT as exc:
                 delay, reason = self._retry(what, refused_hint, exc, attempt)
             except cloudflare.APIError as exc:
                 raise _translate(what, self.scopes, refused_hint, exc) from None
-            self._progress(
+            except (ValueError, AttributeError, TypeError) as exc:
+                unreadable = _unreadable(exc)
+                if unreadable is None:
+                    raise  # not an answer the SDK failed to read: a fault of this code
+                delay, reason = self._retry(what, refused_hint, unreadable, attempt)
+            self.progress(
                 f"Cloudflare API: {reason} while {what}; waiting {delay:.3g}s before try "
                 f"{attempt + 1} of {self.attempts}"
             )
@@ -152,7 +170,7 @@ class _Api:
         raise AssertionError("unreachable")  # the last attempt always returns or raises
 
     def _retry(
-        self, what: str, refused_hint: str, exc: cloudflare.APIError, attempt: int
+        self, what: str, refused_hint: str, exc: Exception, attempt: int
     ) -> tuple[float, str]:
         """(delay, reason) before the next try; raises when the failure is final."""
         backoff = min(BASE_DELAY * 2 ** (attempt - 1), MAX_DELAY)
@@ -169,6 +187,8 @@ class _Api:
                     hint=f"wait until {until} and re-run the same command",
                 ) from None
             return wait, "rate limit reached (HTTP 429, Retry-After)"
+        if isinstance(exc, (UnreadableAnswer, cloudflare.APIResponseValidationError)):
+            return backoff, "an answer that is not valid JSON"
         if isinstance(exc, cloudflare.APIStatusError):
             return backoff, f"HTTP {exc.status_code}"
         return backoff, f"no answer ({type(exc).__name__})"
@@ -207,15 +227,21 @@ class CloudflareDnsProvider:
 
     # -- records -------------------------------------------------------------------------------
 
-    def _a_records(self, zone: Zone, domain: str) -> list[Any]:
-        listing = self._call(
-            f"listing A records of {domain}",
-            self._client.dns.records.list,
-            zone_id=zone.id,
-            name={"exact": domain},
-            type="A",
-        )
-        return [r for r in self._call(f"listing A records of {domain}", list, listing)]
+    def _a_records(self, zone: Zone, domain: str, *, zone_may_be_gone: bool = False) -> list[Any]:
+        """The A records named ``domain``; with ``zone_may_be_gone``, none when the zone is."""
+
+        def fetch() -> list[Any]:
+            try:
+                listing = self._client.dns.records.list(
+                    zone_id=zone.id, name={"exact": domain}, type="A"
+                )
+                return list(listing)  # every page: a retry starts the listing again
+            except cloudflare.NotFoundError:
+                if zone_may_be_gone:
+                    return []  # the zone was deleted after it was looked up
+                raise
+
+        return self._call(f"listing A records of {domain}", fetch)
 
     def upsert_a_record(self, domain: str, address: str, ttl: int = 60) -> DnsRecord:
         domain = domain.strip().lower().rstrip(".")
@@ -267,9 +293,21 @@ class CloudflareDnsProvider:
         self._call(what, delete_if_present)
 
     def delete_a_record(self, domain: str) -> None:
+        """Delete the A records Dynia made for ``domain``.
+
+        A zone that is gone took its records with it: that counts as deleted, as a record
+        already gone does, so an unbind or a cluster delete is not blocked by it.
+        """
         domain = domain.strip().lower().rstrip(".")
-        zone = self.find_zone(domain)
-        for record in self._a_records(zone, domain):
+        zone = _zone_of(self._api, domain)
+        if zone is None:
+            self._api.progress(
+                f"No Cloudflare zone the token can see holds {domain}: no record to delete "
+                "(if the zone exists but the token cannot see it, delete the record in the "
+                "Cloudflare dashboard)"
+            )
+            return
+        for record in self._a_records(zone, domain, zone_may_be_gone=True):
             if (record.comment or "") != MANAGED_COMMENT:
                 continue  # not made by dynia: leave it alone
             self._delete_record(zone, record.id, f"deleting A record {domain}")
@@ -373,6 +411,18 @@ class CloudflareOriginCa:
 
 def _find_zone(api: _Api, domain: str) -> Zone:
     """The zone holding ``domain``: its longest suffix that is a zone on the account."""
+    zone = _zone_of(api, domain)
+    if zone is None:
+        raise ProviderError(
+            f"no Cloudflare zone holds {domain}",
+            hint=f"add the domain's zone to the Cloudflare account, or give {TOKEN_ENV} "
+            "Zone:Read on it (a token scoped to other zones cannot see it)",
+        )
+    return zone
+
+
+def _zone_of(api: _Api, domain: str) -> Zone | None:
+    """The zone holding ``domain`` (its longest suffix that is a zone), None without one."""
     domain = domain.strip().lower().rstrip(".")
     labels = domain.split(".")
     for start in range(len(labels) - 1):
@@ -386,11 +436,38 @@ def _find_zone(api: _Api, domain: str) -> Zone:
         for zone in page.result or []:
             if zone.name.lower() == candidate:
                 return Zone(id=zone.id, name=zone.name.lower())
-    raise ProviderError(
-        f"no Cloudflare zone holds {domain}",
-        hint=f"add the domain's zone to the Cloudflare account, or give {TOKEN_ENV} "
-        "Zone:Read on it (a token scoped to other zones cannot see it)",
-    )
+    return None
+
+
+class UnreadableAnswer(Exception):
+    """An answer the SDK could not read (not JSON, JSON cut short), as ``_Api.call`` sees it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _unreadable(exc: Exception) -> UnreadableAnswer | None:
+    """``exc`` as an unreadable answer if the SDK raised it while reading one, else None.
+
+    Given a body that is not JSON, the SDK hands the text on and fails on it itself
+    (AttributeError); JSON cut short fails to decode (ValueError). Both happen inside the SDK's
+    response module; the same exceptions anywhere else are faults of the calling code and
+    must not be retried as if Cloudflare had answered badly.
+    """
+    if not _raised_in(exc.__traceback__, _SDK_RESPONSE_MODULE):
+        return None
+    if isinstance(exc, json.JSONDecodeError):
+        return UnreadableAnswer(f"invalid JSON: {exc.msg} at character {exc.pos}")
+    return UnreadableAnswer("not JSON")
+
+
+def _raised_in(trace: TracebackType | None, module: str) -> bool:
+    while trace is not None:
+        if trace.tb_frame.f_globals.get("__name__") == module:
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def _retry_after(exc: cloudflare.APIStatusError) -> float | None:
@@ -402,10 +479,14 @@ def _retry_after(exc: cloudflare.APIStatusError) -> float | None:
         return None
 
 
-def _translate(
-    what: str, scopes: str, refused_hint: str, exc: cloudflare.APIError
-) -> ProviderError:
+def _translate(what: str, scopes: str, refused_hint: str, exc: Exception) -> ProviderError:
     """An SDK failure as an actionable ProviderError: the operation, then what to do."""
+    if isinstance(exc, (UnreadableAnswer, cloudflare.APIResponseValidationError)):
+        detail = exc.detail if isinstance(exc, UnreadableAnswer) else exc.message
+        return ProviderError(
+            f"the Cloudflare API kept sending answers Dynia cannot read while {what} ({detail})",
+            hint=UNREADABLE_HINT,
+        )
     if isinstance(exc, cloudflare.AuthenticationError):
         return ProviderError(
             f"Cloudflare rejected the API token while {what} (401)",

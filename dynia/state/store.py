@@ -84,12 +84,26 @@ class StateStore:
         try:
             return self.path.read_bytes()
         except FileNotFoundError:
+            if self.path.is_symlink():
+                raise self._dangling_link() from None
             return None
         except OSError as exc:
             raise StateError(
                 f"cannot read the state file {self.path}: {exc.strerror}",
                 hint="check that it belongs to you and is readable (chmod 600)",
             ) from exc
+
+    def _dangling_link(self) -> StateError:
+        # The link's target is the state the operator keeps (say, in a synced folder that is not
+        # mounted now): reading it as "no state yet" would forget every cluster, and a save would
+        # start a new state in its place.
+        target = self._target()
+        return StateError(
+            f"the state file {self.path} is a symbolic link to {target}, which does not exist",
+            hint=f"mount or restore the folder it points into ({target.parent}) so the link "
+            f"finds the state again, or remove the link (rm {self.path}) to start a new, empty "
+            "state in this home",
+        )
 
     def _parse(self, raw: bytes) -> State:
         data = self._decode(raw)
@@ -117,6 +131,9 @@ class StateStore:
             raise self._corrupt(
                 f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
             ) from exc
+        except ValueError as exc:  # e.g. a number longer than Python converts (int_max_str_digits)
+            # Python's text goes on to suggest sys.set_int_max_str_digits(): no help to an operator.
+            raise self._corrupt(f"a value cannot be read: {str(exc).split(';')[0]}") from exc
         except RecursionError as exc:
             # No state Dynia writes nests more than a few levels; this is damage, not data.
             raise self._corrupt("the JSON is nested too deeply to be a Dynia state") from exc

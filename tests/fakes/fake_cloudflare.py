@@ -21,7 +21,9 @@ Test controls: ``add_zone(name)``; faults ``rate_limit(count, reset_in)`` (429 w
 ``retry-after``), ``server_errors(count, after_serving=...)`` (``after_serving``: the request
 takes effect, then the answer is a 5xx), ``stall(seconds)``, ``reject_token()``,
 ``deny_certificates()`` (the token lacks SSL and Certificates:Edit: 403 on the Origin CA
-endpoints), and the generic ``inject``.
+endpoints), ``malformed_answers(body, content_type=...)`` (a raw body such as a proxy's HTML
+page or JSON cut short, by default with 200; ``after_serving`` as above), and the generic
+``inject``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import uuid
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from cryptography import x509
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._http import FakeApiServer, Request, Response, now_iso
+from ._http import FakeApiServer, Fault, Request, Response, now_iso
 
 PREFIX = "/client/v4"
 _ERRORS = {
@@ -80,7 +83,14 @@ class FakeCloudflare(FakeApiServer):
         self._certificates_denied = False
         self._origin_key = ec.generate_private_key(ec.SECP256R1())
         self.origin_root = _origin_root(self._origin_key)
+        self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self._register_routes()
+
+    def start(self) -> None:
+        super().start()
+        assert self._server is not None
+        handler = self._server.RequestHandlerClass
+        self._server.RequestHandlerClass = _first_content_type_wins(handler)
 
     @property
     def origin_root_pem(self) -> bytes:
@@ -119,6 +129,42 @@ class FakeCloudflare(FakeApiServer):
         self.inject(
             status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
         )
+
+    def malformed_answers(
+        self,
+        body: str,
+        *,
+        count: int = 1,
+        status: int = 200,
+        content_type: str = "text/html",
+        path_prefix: str = PREFIX,
+        method: str | None = None,
+        after_serving: bool = False,
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``body`` as it is (not an API body):
+        a proxy's HTML page, or ``content_type="application/json"`` with JSON cut short.
+        ``after_serving``: the request takes effect first, then its answer is the raw body."""
+
+        def headers() -> dict[str, str]:
+            return {"content-type": content_type}
+
+        fault = Fault(status, count, path_prefix, method, body, headers, after_serving)
+        with self.lock:
+            self._malformed.append(fault)
+
+    def dispatch(self, request: Request) -> tuple[str, Response]:
+        with self.lock:
+            fault = next(
+                (f for f in self._malformed if f.matches(request.method, request.path)), None
+            )
+            if fault is not None:
+                fault.remaining -= 1
+        if fault is None:
+            return super().dispatch(request)
+        template = self._template_of(request)
+        if fault.after_serving:
+            template, _ = super().dispatch(request)
+        return template, Response(fault.status or 200, fault.message, headers=fault.headers())
 
     def deny_certificates(self) -> None:
         """From now on the token lacks SSL and Certificates:Edit."""
@@ -482,6 +528,29 @@ class FakeCloudflare(FakeApiServer):
             return found
         found["revoked_at"] = found["revoked_at"] or now_iso()
         return Response(200, _envelope({"id": found["id"], "revoked_at": found["revoked_at"]}))
+
+
+def _first_content_type_wins(
+    handler: type[BaseHTTPRequestHandler],
+) -> type[BaseHTTPRequestHandler]:
+    """The shared handler adds a content-type of its own after an answer's headers: a malformed
+    answer's own content-type (e.g. application/json on JSON cut short) must be the one sent."""
+
+    class _Handler(handler):
+        _content_type_sent = False
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() == "content-type":
+                if self._content_type_sent:
+                    return
+                self._content_type_sent = True
+            super().send_header(keyword, value)
+
+        def end_headers(self) -> None:
+            self._content_type_sent = False
+            super().end_headers()
+
+    return _Handler
 
 
 def _origin_root(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -260,3 +260,72 @@ def test_a_long_retry_after_is_honoured_and_said(fake: FakeCloudflare) -> None:
         dns.find_zone("example.com")
     assert "3600s" in caught.value.message and "looking up zone" in caught.value.message
     assert "wait until" in (caught.value.hint or "")
+
+
+def test_an_unreadable_answer_is_retried_then_reported_naming_what_to_do(
+    fake: FakeCloudflare,
+) -> None:
+    lines: list[str] = []
+    dns = CloudflareDnsProvider(
+        fake.token, base_url=fake.base_url, sleep=lambda _: None, progress=lines.append
+    )
+    fake.malformed_answers("<html><body>502 Bad Gateway</body></html>", method="GET")
+    assert dns.find_zone("www.example.com").name == "example.com"  # a proxy's page, once
+    assert any("not valid JSON while looking up zone" in line for line in lines)
+
+    fake.malformed_answers('{"result": [', content_type="application/json", count=20)
+    with pytest.raises(ProviderError) as caught:
+        dns.find_zone("www.example.com")
+    assert "Cloudflare" in caught.value.message and "looking up zone" in caught.value.message
+    assert "invalid JSON" in caught.value.message
+    assert "re-run the same command" in (caught.value.hint or "")
+    assert "CLOUDFLARE_BASE_URL" in (caught.value.hint or "")
+    assert fake.statuses(method="GET")[-5:] == [200] * 5  # 1 try + max_retries=4
+
+
+def test_a_create_answered_with_json_cut_short_is_looked_up_not_sent_again(
+    fake: FakeCloudflare,
+) -> None:
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, sleep=lambda _: None)
+    fake.malformed_answers(
+        '{"result": {"id": "', content_type="application/json", method="POST", after_serving=True
+    )
+    record = dns.upsert_a_record("app.example.com", "203.0.113.10")
+
+    [made] = fake.records_named("app.example.com")
+    assert made["id"] == record.id
+    assert len(fake.statuses(method="POST")) == 1
+
+
+def test_a_delete_answered_with_html_after_it_took_effect_is_done(fake: FakeCloudflare) -> None:
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, sleep=lambda _: None)
+    dns.upsert_a_record("app.example.com", "203.0.113.10")
+    fake.malformed_answers("<html>oops</html>", method="DELETE", after_serving=True)
+    dns.delete_a_record("app.example.com")
+    assert fake.statuses(method="DELETE") == [200, 404]
+    assert fake.records_named("app.example.com") == []
+
+
+def test_deleting_a_record_whose_zone_is_gone_is_success(fake: FakeCloudflare) -> None:
+    lines: list[str] = []
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, progress=lines.append)
+    dns.upsert_a_record("app.example.com", "203.0.113.10")
+    with fake.lock:  # the zone was deleted in the dashboard, its records with it
+        fake.zones.clear()
+        fake.records.clear()
+
+    dns.delete_a_record("app.example.com")
+
+    assert any("No Cloudflare zone the token can see holds app.example.com" in x for x in lines)
+    with pytest.raises(ProviderError, match="no Cloudflare zone holds"):
+        dns.upsert_a_record("app.example.com", "203.0.113.10")  # a create still needs one
+
+
+def test_deleting_while_the_zone_disappears_is_success(fake: FakeCloudflare) -> None:
+    dns = CloudflareDnsProvider(fake.token, base_url=fake.base_url, sleep=lambda _: None)
+    dns.upsert_a_record("app.example.com", "203.0.113.10")
+    zone = dns.find_zone("example.com")
+    # Looked up, then gone before its records are listed: the listing answers 404.
+    fake.inject(404, path_prefix=f"/client/v4/zones/{zone.id}/dns_records", method="GET")
+    dns.delete_a_record("app.example.com")
+    assert fake.statuses(method="DELETE") == []

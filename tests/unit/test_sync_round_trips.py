@@ -10,6 +10,7 @@ the backups (library/dynia_file_state); one call reloads the changed units in or
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +36,7 @@ def test_each_haproxy_is_reached_as_ansible_reaches_it_over_its_open_connection(
         "address": "10.0.0.3",
         "user": "root",
         "port": 2222,
-        "key": "/home/k/id_ed25519",
+        "key": "/home/k/my keys/id_ed25519",
         "common_args": "-o UserKnownHostsFile='/home/k/known hosts' -o StrictHostKeyChecking=yes",
     }
     path = haproxy_state.control_path("%(directory)s/%%C", "/root/.ansible/cp")
@@ -46,8 +47,13 @@ def test_each_haproxy_is_reached_as_ansible_reaches_it_over_its_open_connection(
     assert command[:3] == ["ssh", "-o", "ControlMaster=auto"]
     assert "ControlPath=/root/.ansible/cp/%C" in command
     assert "UserKnownHostsFile=/home/k/known hosts" in command  # shell quoting kept
-    for option in ("IdentityFile=/home/k/id_ed25519", "User=root", "Port=2222", "BatchMode=yes"):
+    for option in ('IdentityFile="/home/k/my keys/id_ed25519"', "User=root", "Port=2222"):
         assert option in command
+    assert "BatchMode=yes" in command
+    # ssh reads the key's path as one file, spaces and all.
+    options = command[1 : command.index("--")]
+    parsed = subprocess.run(["ssh", "-G", *options, "10.0.0.3"], capture_output=True, text=True)
+    assert "identityfile /home/k/my keys/id_ed25519\n" in parsed.stdout, parsed.stderr
     assert command[-2] == "10.0.0.3"
     remote = command[-1]
     assert remote.startswith("bash -c ") and remote.endswith(

@@ -57,7 +57,8 @@ def ssh_command(host: dict, ssh_args: str, path: str, remote_args: list[str]) ->
         command += ["-o", f"ControlPath={path}"]
     command += shlex.split(host.get("common_args") or "")
     if host.get("key"):
-        command += ["-o", f"IdentityFile={host['key']}"]
+        # Quoted as Ansible quotes it: ssh reads the value as a config line, split at spaces.
+        command += ["-o", f'IdentityFile="{host["key"]}"']
     if host.get("user"):
         command += ["-o", f"User={host['user']}"]
     if host.get("port"):
