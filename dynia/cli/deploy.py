@@ -35,7 +35,8 @@ from dynia.operations.rollout import parse_batch
 @click.option(
     "--port",
     "container_port",
-    type=int,
+    # A TCP port: 0 or 70000 is refused here, naming --port, not passed on as "no port given".
+    type=click.IntRange(1, 65535),
     help="Port the service listens on inside "
     "its container (default: from the compose file's ports/expose).",
 )

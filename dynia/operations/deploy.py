@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dynia.errors import (
     DriftError,
@@ -32,6 +33,7 @@ from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize
 from dynia.operations.run_context import RunContext
 from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
+from dynia.runner import PlaybookResult
 from dynia.state import Transaction
 from dynia.state.models import (
     NODE_OUT_OF_SYNC,
@@ -39,6 +41,7 @@ from dynia.state.models import (
     Cluster,
     Route,
     Service,
+    State,
     validate_domain,
     validate_http_path,
     validate_name,
@@ -150,25 +153,61 @@ def _build_service(cluster: Cluster, request: DeployRequest, images: ImageTransf
     )
 
 
+class _RollWatch:
+    """The context a change rolls out with: it notes every node a sync changed.
+
+    A failure after sync.yml ran (saving state, comparing the nodes, anything) carries no
+    playbook result, yet the nodes run the new definition; these are the ones to put back.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._runner = ctx.runner
+        self.changed: set[str] = set()
+        self.ctx = replace(ctx, runner=self._run)
+
+    def _run(self, project_dir: Path, playbook: str, **options: Any) -> PlaybookResult:
+        try:
+            result = self._runner(project_dir, playbook, **options)
+        except RunnerError as error:
+            self._note(playbook, getattr(error, "result", None))
+            raise
+        self._note(playbook, result)
+        return result
+
+    def _note(self, playbook: str, result: PlaybookResult | None) -> None:
+        if playbook == "sync.yml" and result is not None:
+            self.changed |= _changed_nodes(result)
+
+
+def _changed_nodes(result: PlaybookResult | None) -> set[str]:
+    hosts = result.hosts.items() if result else []
+    return {name for name, host in hosts if host.ok and host.changed}
+
+
 def _restore_previous(
-    ctx: RunContext, txn: Transaction, previous: Cluster, failure: Exception
+    ctx: RunContext,
+    txn: Transaction,
+    previous: Cluster,
+    failure: Exception,
+    rolled: set[str] | None = None,
 ) -> None:
     """Put the previous definition back in state and deploy-config, and on any node it left.
 
     A health gate stops the roll on the failing node (which restores itself); nodes updated
-    before it are synced back here, so every node serves the previous version again.
+    before it are synced back here, so every node serves the previous version again. So are
+    the nodes ``rolled`` names: those a sync changed before a failure of another kind.
     """
+    # The certificate file is not put back (a reissued one also covers the previous routes):
+    # state goes on naming the one on disk, which the render below ships.
+    previous.tls_fingerprint = txn.state.clusters[previous.name].tls_fingerprint
     txn.state.clusters[previous.name] = previous
     txn.save()
     render_cluster(ctx.layout, previous, validate=False)
-    result = getattr(failure, "result", None)
-    updated = sorted(
-        name for name, host in (result.hosts.items() if result else []) if host.ok and host.changed
-    )
+    updated = sorted(_changed_nodes(getattr(failure, "result", None)) | (rolled or set()))
     if updated:
         ctx.progress(f"Rolling {', '.join(updated)} back to the previous version")
         rollout.run(ctx, previous, "sync.yml", limit=",".join(updated))
-    if isinstance(failure, RunnerError):
+    if updated or isinstance(failure, RunnerError):
         ctx.progress("Rollout stopped; the previous version is serving on every node.")
 
 
@@ -181,8 +220,13 @@ def _apply_or_restore(
     *,
     what: str,
     then: str = "",
+    watch: _RollWatch | None = None,
 ) -> LeftBehindError | None:
     """Run ``change`` (ship images, roll out); a failure restores ``previous`` everywhere.
+
+    ``watch`` is the _RollWatch whose context ``change`` rolls out with: a failure of any kind
+    after its sync then also puts the nodes that sync changed back, so that the nodes never
+    run a definition state and deploy-config do not hold.
 
     Nodes that did not answer are no failure: the change is kept on the others, and the error
     that names those nodes is returned for the caller to raise once it has finished.
@@ -203,7 +247,7 @@ def _apply_or_restore(
     except DriftError as drift:
         raise _kept_despite_drift(ctx, cluster, what, then) from drift
     except Exception as failure:
-        _restore_previous(ctx, txn, previous, failure)
+        _restore_previous(ctx, txn, previous, failure, watch.changed if watch else None)
         raise
     return None
 
@@ -235,9 +279,11 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
     with ctx.store.transaction("dynia deploy") as txn:
         cluster = _ready_cluster(txn, ctx.cluster_option)
         plan = rollout.batch_plan(request.batch, len(cluster.nodes))
+        if domain:
+            # Before the certificate and the nodes: a refusal here leaves both as they are.
+            _check_route_free(txn.state, cluster, domain, request.name)
         dns = dns_provider_for(cluster, layout) if domain else None
         if domain and dns:
-            _check_route_free(cluster, domain, request.name)
             dns.find_zone(domain)
         service = _build_service(cluster, request, ctx.images)
         previous = copy.deepcopy(cluster)
@@ -245,13 +291,14 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
         cluster.status = STATUS_SERVING  # `previous` comes back if the rollout fails
         if domain:
             cluster.routes.setdefault(domain, Route(domain=domain, service=service.name))
+        watch = _RollWatch(ctx)
 
         def change() -> None:
             if domain:
                 infra.ensure_certificate(layout, txn, cluster)
             progress(f"Rolling out {service.name}, {rollout.pace(plan)}")
             rollout.sync_and_verify(
-                ctx, cluster, persist=txn.save, batch=request.batch, ship=[service]
+                watch.ctx, cluster, persist=txn.save, batch=request.batch, ship=[service]
             )
 
         publish = (
@@ -261,7 +308,7 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
             else ""
         )
         left = _apply_or_restore(
-            ctx, txn, cluster, previous, change, what=service.name, then=publish
+            ctx, txn, cluster, previous, change, what=service.name, then=publish, watch=watch
         )
         _revoke_replaced_certificates(ctx, cluster)  # revokes none while a node is behind
         txn.save()
@@ -279,12 +326,26 @@ def _revoke_replaced_certificates(ctx: RunContext, cluster: Cluster) -> None:
         ctx.progress(line)
 
 
-def _check_route_free(cluster: Cluster, domain: str, service: str) -> None:
+def _check_route_free(state: State, cluster: Cluster, domain: str, service: str) -> None:
+    """Refuse a domain another service or another cluster routes, before anything changes.
+
+    State refuses a domain routed by two clusters only when it is saved, after the certificate
+    was reissued to cover it and the nodes were given the route.
+    """
+    for name, other in sorted(state.clusters.items()):
+        if name != cluster.name and domain in other.routes:
+            raise UsageError(
+                f"{domain} is already routed by cluster {name!r} (to its service "
+                f"{other.routes[domain].service!r}); a domain is routed by one cluster only",
+                hint=f"unbind it there first: `dynia --cluster {name} route unbind --domain "
+                f"{domain}`, then bind it to cluster {cluster.name!r}",
+            )
     route = cluster.routes.get(domain)
     if route and route.service != service:
         raise UsageError(
             f"{domain} is already bound to service {route.service!r}",
-            hint=f"unbind it first: `dynia route unbind --domain {domain}`",
+            hint=f"unbind it first: `dynia --cluster {cluster.name} route unbind --domain "
+            f"{domain}`",
         )
 
 
@@ -317,21 +378,23 @@ def bind_route(
                 f"cluster {cluster.name!r} has no service {service_name!r}",
                 hint="deploy it first with `dynia deploy --name ... --compose ...`",
             )
-        _check_route_free(cluster, domain, service_name)
+        # Before the certificate and the nodes: a refusal here leaves both as they are.
+        _check_route_free(txn.state, cluster, domain, service_name)
         dns = dns_provider_for(cluster, ctx.layout)
         dns.find_zone(domain)
         previous = copy.deepcopy(cluster)
         route = cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
         if https_only is not None:
             route.https_only = https_only
+        watch = _RollWatch(ctx)
 
         def change() -> None:
             infra.ensure_certificate(ctx.layout, txn, cluster)
-            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
+            rollout.sync_and_verify(watch.ctx, cluster, persist=txn.save)
 
         again = f"`dynia route bind --domain {domain} --service {service_name}` again"
         left = _apply_or_restore(
-            ctx, txn, cluster, previous, change, what=f"route {domain}", then=again
+            ctx, txn, cluster, previous, change, what=f"route {domain}", then=again, watch=watch
         )
         _revoke_replaced_certificates(ctx, cluster)
         warnings = _bind_dns(ctx, txn, cluster, domain, dns)

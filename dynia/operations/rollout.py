@@ -47,21 +47,42 @@ _BATCH_HINT = (
 
 def parse_batch(text: str) -> BatchSize:
     """``--batch`` as typed: ``N`` (N >= 1) or ``P%`` (1 <= P <= 99); anything else is refused."""
+    shown = _shown_batch(text)
     match = _BATCH_RE.fullmatch(text.strip())
     if not match:
         raise UsageError(
-            f"--batch must be a number of nodes or a percentage, got {text!r}", _BATCH_HINT
+            f"--batch must be a number of nodes or a percentage, got {shown}", _BATCH_HINT
         )
-    number = int(match["number"])
+    digits = match["number"].lstrip("+-").lstrip("0") or "0"
+    # int() refuses more than 4,300 digits; no cluster has a billion nodes, so a number that
+    # long is out of range whatever it is, and is judged as such without being converted.
+    number = int(digits) if len(digits) <= _BATCH_DIGITS else None
+    if number is not None and match["number"].startswith("-"):
+        number = -number
     if match["percent"]:
-        if not 1 <= number <= 99:
+        if number is None or not 1 <= number <= 99:
             raise UsageError(
-                f"--batch percentage must be between 1% and 99%, got {text!r}", _BATCH_HINT
+                f"--batch percentage must be between 1% and 99%, got {shown}", _BATCH_HINT
             )
         return BatchSize(percent=number)
-    if number < 1:
-        raise UsageError(f"--batch must be at least 1, got {text!r}", _BATCH_HINT)
+    if match["number"].startswith("-") or number == 0:
+        raise UsageError(f"--batch must be at least 1, got {shown}", _BATCH_HINT)
+    if number is None:
+        raise UsageError(
+            f"--batch {shown} is more nodes than any cluster has",
+            hint="give a batch smaller than the cluster's node count, or a percentage of "
+            "its nodes (--batch 25%)",
+        )
     return BatchSize(count=number)
+
+
+# Digits of the largest --batch read as a number; a longer one is refused as too large.
+_BATCH_DIGITS = 9
+
+
+def _shown_batch(text: str) -> str:
+    """``text`` for a message, cut short: a pasted wall of digits does not fill the terminal."""
+    return repr(text) if len(text) <= 24 else f"{text[:12]!r}... ({len(text)} characters)"
 
 
 def batch_plan(batch: BatchSize, node_count: int) -> list[int]:

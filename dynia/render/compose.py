@@ -17,6 +17,11 @@ import yaml
 from dynia.errors import RenderError, UsageError
 
 LOOPBACK = "127.0.0.1"
+# No compose value needs more: a larger integer cannot even be printed (Python refuses to turn
+# one of over 4,300 digits into text) and is a typo or garbage, never a port, size or count.
+_MAX_INT_BITS = 64
+# Port numbers have at most five digits; reading more would only find an out-of-range one.
+_PORT_DIGITS = 5
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,13 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
         # PyYAML builds nested collections recursively; no compose file nests this deep.
         raise UsageError(
             f"{source} nests too deeply to be a compose file", hint="fix the file and run again"
+        ) from exc
+    except ValueError as exc:
+        # PyYAML turns plain scalars into Python values itself: an integer of thousands of
+        # digits or a date such as 2024-13-45 fails there, outside its own YAMLError.
+        raise UsageError(
+            f"{source} holds a value YAML cannot read: {_unreadable(exc)}",
+            hint='quote the value if it is meant as text (e.g. expose: ["8080"]), or fix it',
         ) from exc
     if isinstance(document, dict):
         _check_keys(document, source)
@@ -67,11 +79,25 @@ def parse_compose(text: str, source: str = "compose file") -> dict[str, Any]:
     return document
 
 
+def _unreadable(exc: ValueError) -> str:
+    """Why PyYAML could not build a value, in the operator's terms."""
+    text = str(exc).strip()
+    if "integer string conversion" in text:
+        return "an integer of more than 4,300 digits"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _huge(value: object) -> bool:
+    return isinstance(value, int) and value.bit_length() > _MAX_INT_BITS
+
+
 def _check_keys(document: dict[Any, Any], source: str) -> None:
-    """Every mapping key is a string, as compose requires.
+    """Every mapping key is a string, as compose requires, and no integer is absurdly large.
 
     YAML also allows 1: or null: as keys; mixed with names they cannot be sorted when the node's
     compose file is written, so they are refused here, where the operator can fix them.
+    YAML's 0x and 0b integers may be any size: one too large to print would fail every later
+    message about it and the node's compose file.
     Walked with a stack, not recursion: the document may nest as deep as the parser allowed;
     each node once, as YAML aliases may share one node many times or make it contain itself.
     """
@@ -82,10 +108,22 @@ def _check_keys(document: dict[Any, Any], source: str) -> None:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if _huge(node):
+            raise UsageError(
+                f"{source}: the number at {path or 'the top level'} is too large "
+                f"({node.bit_length()} bits)",
+                hint="quote it if it is meant as text, or fix it",
+            )
         if isinstance(node, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
         elif isinstance(node, dict):
             for key, value in node.items():
+                if _huge(key):
+                    raise UsageError(
+                        f"{source}: a key in {path or 'the top level'} is a number too large "
+                        "to be a name",
+                        hint="keys are names: quote it or remove it",
+                    )
                 if not isinstance(key, str):
                     raise UsageError(
                         f"{source}: key {key!r} in {path or 'the top level'} is not a string",
@@ -113,10 +151,22 @@ def _port_number(value: object) -> int:
     # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
     if not (text.isascii() and text.isdigit()) or isinstance(value, bool):
         raise UsageError(
-            f"cannot read a port number from {value!r} in the compose file",
+            f"cannot read a port number from {_shown(value)} in the compose file",
             hint='write container ports as plain numbers (e.g. expose: ["8080"]) or pass --port',
         )
+    if len(text.lstrip("0")) > _PORT_DIGITS:
+        # int() refuses over 4,300 digits; any port number has at most five.
+        raise UsageError(
+            f"port {text[:10]}... ({len(text)} digits) in the compose file is out of range 1-65535",
+            hint='write the port the service listens on (e.g. expose: ["8080"]) or pass --port',
+        )
     return int(text)
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: a long one cut short, so a garbage file does not flood it."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def _container_port_of(body: dict[str, Any]) -> int | None:
@@ -129,17 +179,42 @@ def _container_port_of(body: dict[str, Any]) -> int | None:
     return None
 
 
+def _main_service(services: dict[str, Any], service_name: str) -> str:
+    """The compose service that receives traffic: the one named like the Dynia service.
+
+    Otherwise the one service that publishes or exposes a port (or, when none does, the one
+    service there is). Guessing among several would route the domain to whichever comes first
+    in the file, a database as readily as the web server, so that is refused.
+    """
+    if service_name in services:
+        return service_name
+    with_ports = [name for name, body in services.items() if _container_port_of(body) is not None]
+    candidates = with_ports or list(services)
+    if len(candidates) == 1:
+        return candidates[0]
+    listed = ", ".join(_described(name, services[name]) for name in candidates)
+    raise UsageError(
+        f"the compose file has no service {service_name!r} and {len(candidates)} that could "
+        f"receive its traffic: {listed}; Dynia does not guess which",
+        hint="the compose service named like --name receives the traffic: deploy with --name "
+        f"set to that service's name, or rename that service to {service_name!r} in the "
+        "compose file",
+    )
+
+
+def _described(name: str, body: dict[str, Any]) -> str:
+    port = _container_port_of(body)
+    return f"{name!r} (port {port})" if port is not None else repr(name)
+
+
 def inspect_compose(
     document: dict[str, Any], service_name: str, container_port: int | None
 ) -> ComposeFacts:
     """Find the service that receives traffic and the port it listens on inside its container."""
     services: dict[str, Any] = document["services"]
-    if service_name in services:
-        main = service_name
-    else:
-        with_ports = [n for n, b in services.items() if _container_port_of(b) is not None]
-        main = with_ports[0] if with_ports else next(iter(services))
-    port = container_port or _container_port_of(services[main])
+    main = _main_service(services, service_name)
+    # `is not None`: a port 0 given is refused below, never silently replaced by the file's.
+    port = container_port if container_port is not None else _container_port_of(services[main])
     if port is None:
         raise UsageError(
             f"cannot tell which port compose service {main!r} listens on",
