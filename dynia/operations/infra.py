@@ -7,14 +7,16 @@ itself, so running it again is always safe.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from dynia import naming, ssh
-from dynia.errors import UsageError
+from dynia.errors import ProviderError, UsageError
 from dynia.operations import certificates, host_keys, rollout
 from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers import node_provider_traits
+from dynia.providers import dns_provider_for, node_provider_traits
 from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.runner import PlaybookResult
 from dynia.state import Transaction
 from dynia.state.models import (
     BACKUP_PRIORITY,
@@ -37,6 +39,9 @@ STEP_BOOTSTRAP = "bootstrap"
 STEP_SYNC = "sync"
 STEP_ATTACH = "reserved-ip-attached"
 STEP_ROLLOUT_STARTED = "rollout-started"
+# "reserved-ip-replaced:<old address>" from the moment a new Reserved IP replaces one the account
+# lost until the routes' DNS records point at the new one: a repair cut short finishes the job.
+STEP_RESERVED_IP_REPLACED = "reserved-ip-replaced"
 
 # keepalived's lowest priority a node may run (0 means "leaving" in VRRP).
 LOWEST_PRIORITY = 1
@@ -180,6 +185,9 @@ def provision(
     create_planned_nodes(ctx, txn, cluster, provider, public_key)
     cluster.mark_step(STEP_NODES)
     if cluster.reserved_ip is None:
+        # The provider returns a new address as soon as it exists, even while its first
+        # assignment still runs or after that failed (attach_reserved_ip finishes it), and it is
+        # saved at once: no later failure can leave an address on the account that state lacks.
         info = provider.allocate_reserved_ip(cluster.name, cluster.region)
         cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
         cluster.mark_step(STEP_RESERVED_IP)
@@ -249,12 +257,138 @@ def attach_reserved_ip(
     assert master is not None and cluster.reserved_ip is not None
     if provider.reserved_ip_mode == "api":
         info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
-        provider.attach_reserved_ip(info, master.provider_id)
+        try:
+            provider.attach_reserved_ip(info, master.provider_id)
+        except ProviderError as error:
+            if _reports_gone(error, info.address):
+                raise ReservedIpGoneError(info.address, provider.name) from error
+            raise
     cluster.reserved_ip.attached_to = master.name
     ctx.probe.wait_for_reserved_ip(cluster)
     cluster.mark_step(STEP_ATTACH)
     txn.save()
     ctx.progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
+
+
+class ReservedIpGoneError(ProviderError):
+    """The provider no longer has the cluster's Reserved IP: it was released outside Dynia."""
+
+    def __init__(self, address: str, provider: str) -> None:
+        super().__init__(
+            f"Reserved IP {address} no longer exists on the {provider} account (released "
+            "outside Dynia)",
+            hint="run `dynia repair --force`: it allocates a new Reserved IP, rolls it out to "
+            "the nodes and points the routes' DNS records at it. The address changes: update "
+            f"any DNS record or allow-list outside Dynia that names {address}",
+        )
+        self.address = address
+
+
+# The NodeProvider protocol has neither a typed error nor a read-only lookup for an address
+# released outside Dynia; the DigitalOcean provider says it in these words (on the read before an
+# assign, and on an assign that raced with the release).
+_GONE_WORDS = ("no longer exists", "no longer knows")
+
+
+def _reports_gone(error: ProviderError, address: str) -> bool:
+    return address in error.message and any(words in error.message for words in _GONE_WORDS)
+
+
+@dataclass(frozen=True)
+class ReservedIpChange:
+    """A Reserved IP replaced by a new address; ``dns_records``: the domains now pointing at it."""
+
+    old: str
+    new: str
+    dns_records: list[str]
+
+    def summary(self) -> list[str]:
+        """What the operator must know: the address changed, and what Dynia did not change."""
+        lines = [
+            f"Reserved IP changed: {self.old} → {self.new} (the old address no longer exists "
+            "on the account)."
+        ]
+        if self.dns_records:
+            lines.append(
+                f"The DNS records of the routes now point at {self.new}: "
+                f"{', '.join(self.dns_records)}."
+            )
+        # Dynia knows only its own routes' records; anything else naming the address is stale.
+        lines.append(
+            f"Point any other DNS record, allow-list or client that names {self.old} at {self.new}."
+        )
+        return lines
+
+
+def replace_reserved_ip(
+    ctx: RunContext,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    answering: list[str],
+    unanswered: dict[str, str],
+) -> PlaybookResult:
+    """Allocate a Reserved IP in place of one the account lost; roll it out to ``answering``.
+
+    The new address is recorded the moment it exists, so a run cut short finds it in state
+    instead of leaking it. The nodes name the address in their files (HAProxy's internal
+    sources, keepalived's VIP or the notify-master script), hence the re-render and the roll.
+    Attaching it and the DNS records come after (``attach_reserved_ip``,
+    ``point_dns_at_replaced_reserved_ip``).
+    """
+    assert cluster.reserved_ip is not None
+    old = cluster.reserved_ip.address
+    info = provider.allocate_reserved_ip(cluster.name, cluster.region)
+    if replaced_from(cluster) is None:  # an earlier, unfinished replacement keeps its old address
+        cluster.mark_step(f"{STEP_RESERVED_IP_REPLACED}:{old}")
+    cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
+    txn.save()
+    ctx.progress(f"Reserved IP {info.address} allocated in {cluster.region} in place of {old}")
+    ctx.progress("Re-rendering deploy-config and rolling the new address out to the nodes")
+    limit = ",".join(answering) if unanswered else None
+    states = rollout.server_states(cluster, answering, unanswered)
+    return rollout.render_and_sync(ctx, cluster, limit=limit, states=states)
+
+
+def replaced_from(cluster: Cluster) -> str | None:
+    """The address a replacement whose DNS records have not followed yet replaced, or None."""
+    prefix = f"{STEP_RESERVED_IP_REPLACED}:"
+    steps = [step for step in cluster.completed_steps if step.startswith(prefix)]
+    return steps[0].removeprefix(prefix) if steps else None
+
+
+def point_dns_at_replaced_reserved_ip(
+    ctx: RunContext, txn: Transaction, cluster: Cluster
+) -> ReservedIpChange | None:
+    """After a replacement, point the A record of every published route at the new address.
+
+    None when no replacement awaits its DNS records. Routes without a published record stay
+    unpublished (`dynia route bind` publishes them). A DNS failure leaves the replacement
+    pending: `dynia repair --force` again updates the records still left.
+    """
+    old = replaced_from(cluster)
+    if old is None:
+        return None
+    assert cluster.reserved_ip is not None
+    new = cluster.reserved_ip.address
+    published = sorted(d for d, route in cluster.routes.items() if route.dns_record_id)
+    if published:
+        dns = dns_provider_for(cluster, ctx.layout)
+        for domain in published:
+            ctx.progress(f"DNS: {domain} -> {new} (was {old})")
+            try:
+                record = dns.upsert_a_record(domain, new)
+            except ProviderError as error:
+                raise ProviderError(
+                    f"{error.message}; the DNS record of {domain} may still point at {old}",
+                    hint=f"{error.hint + '; then ' if error.hint else ''}run `dynia repair "
+                    f"--force` again: it points the routes' records at {new}",
+                ) from error
+            cluster.routes[domain].dns_record_id = record.id
+            txn.save()
+    cluster.completed_steps.remove(f"{STEP_RESERVED_IP_REPLACED}:{old}")
+    txn.save()
+    return ReservedIpChange(old, new, published)
 
 
 def adopt_live_master(ctx: RunContext, cluster: Cluster, wait: float = 0.0) -> bool:

@@ -15,6 +15,8 @@ from dynia.operations.clusters import (
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize, DriftReport
 from dynia.operations.run_context import RunContext
+from dynia.providers.base import NodeProvider
+from dynia.state import Transaction
 from dynia.state.models import Cluster
 
 
@@ -74,12 +76,25 @@ def plan_repair(ctx: RunContext) -> RepairPlan:
     except Exception:  # any failure to answer means the IP needs re-attaching
         answers = False
         actions.append("re-attach the Reserved IP to a healthy MASTER")
+    replaced = infra.replaced_from(cluster)
+    if replaced is not None and cluster.reserved_ip is not None:
+        actions.append(
+            f"point the routes' DNS records at {cluster.reserved_ip.address}, the Reserved IP "
+            f"that replaced {replaced} (an earlier repair stopped before it)"
+        )
     return RepairPlan(report, answers, actions)
 
 
-def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
+@dataclass
+class RepairReport(DriftReport):
+    """The drift a repair left, and the Reserved IP it had to replace (None: it kept it)."""
+
+    reserved_ip_change: infra.ReservedIpChange | None = None
+
+
+def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> RepairReport:
     """Re-render, re-run bootstrap and sync with restarts (``batch`` nodes at a time),
-    re-attach the Reserved IP."""
+    re-attach the Reserved IP, or replace it when the account no longer has it."""
     with cluster_transaction(ctx.store, ctx.cluster_option, "dynia repair") as (txn, cluster):
         require_provisioned(cluster)
         plan = rollout.batch_plan(batch, len(cluster.nodes))
@@ -100,8 +115,39 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> DriftReport:
         txn.save()
         # Restarting keepalived everywhere may have moved the MASTER role.
         infra.record_elected_master(ctx, txn, cluster)
+        rolled_again = _attach_or_replace_reserved_ip(
+            ctx, txn, cluster, provider, answering, unanswered
+        )
+        if rolled_again is not None:  # the replacement's roll compared the nodes once more
+            report = rolled_again
+        # Also finishes a replacement an earlier repair made but was cut short before DNS.
+        change = infra.point_dns_at_replaced_reserved_ip(ctx, txn, cluster)
+        return RepairReport(report.nodes, report.entries, reserved_ip_change=change)
+
+
+def _attach_or_replace_reserved_ip(
+    ctx: RunContext,
+    txn: Transaction,
+    cluster: Cluster,
+    provider: NodeProvider,
+    answering: list[str],
+    unanswered: dict[str, str],
+) -> DriftReport | None:
+    """Put the Reserved IP on the MASTER. One the account no longer has is replaced by a new
+    address, rolled out to the nodes that answer, then attached; returns that roll's drift."""
+    try:
         infra.attach_reserved_ip(ctx, txn, cluster, provider)
-        return report
+        return None
+    except infra.ReservedIpGoneError as gone:
+        ctx.progress(f"{gone.message}: allocating a new one; the address will change")
+    result = infra.replace_reserved_ip(ctx, txn, cluster, provider, answering, unanswered)
+    report = rollout.compared_by_sync(cluster, result, unanswered) or rollout.compare_nodes(
+        ctx, cluster, unanswered
+    )
+    rollout.mark_sync_outcome(cluster, report)
+    txn.save()
+    infra.attach_reserved_ip(ctx, txn, cluster, provider)
+    return report
 
 
 def rotate_certificate(ctx: RunContext) -> str:

@@ -30,7 +30,11 @@ Fault injection (all on the fake object, all counted per request):
 ``server_errors(count, path_prefix, status, after_serving)`` (``after_serving``: the request takes
 effect, then the answer is a 5xx), ``stall(seconds, ...)`` (a hung API),
 ``reject_token()`` / ``accept_token()``, ``droplet_limit`` (quota on create), ``stall_actions``
-(actions stay ``in-progress`` forever), plus the generic ``inject(status, ...)``.
+(actions stay ``in-progress`` until ``resume_actions()``), ``failing_actions`` (the next N
+reserved-IP moves end ``errored``: the address stays where it was, unlocked again),
+``malformed_answers(body, content_type=...)`` (a raw body such as a proxy's HTML page, ``null``
+or JSON cut short, by default with 200; ``after_serving`` as above), plus the generic
+``inject(status, ...)``.
 
 Custom-scoped tokens: ``add_scoped_token(token, {"reserved_ip:read", ...})`` makes the fake
 accept a second token for only those scopes (``<resource>:<create|read|update|delete>``, as the
@@ -40,6 +44,7 @@ control panel names them); any other request with it is answered 403, as Digital
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import ipaddress
 import itertools
@@ -49,9 +54,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
-from ._http import FakeApiServer, Request, Response, now_iso
+from ._http import FakeApiServer, Fault, Request, Response, now_iso
 from ._openapi import OPENAPI_DIR, RequestCheck
 
 SPEC_FILE = OPENAPI_DIR / "digitalocean" / "subset.yaml"
@@ -168,15 +174,26 @@ class InMemoryDropletBackend:
     def create(self, request: DropletRequest) -> DropletAddresses:
         with self._lock:
             self.created.append(request)
-            host = next(self._hosts)
-            public_ip = f"127.77.{host // 250}.{host % 250 + 2}"
+            public_ip, listener = self._listen()
             network = ipaddress.ip_network(request.vpc_ip_range)
             counter = self._private.setdefault(request.vpc_ip_range, itertools.count(2))
             private_ip = str(network.network_address + next(counter))
-            listener = socket.create_server((public_ip, self.ssh_port))
             self._listeners[request.droplet_id] = listener
         threading.Thread(target=self._answer_banner, args=(listener,), daemon=True).start()
         return DropletAddresses(public_ip, private_ip)
+
+    def _listen(self) -> tuple[str, socket.socket]:
+        """A fresh loopback address with the "sshd" port open on it. The anchor holds the port
+        on 127.77.0.1 only: another test process may hold it on the next address already."""
+        for _ in range(50):
+            host = next(self._hosts)
+            public_ip = f"127.77.{host // 250}.{host % 250 + 2}"
+            try:
+                return public_ip, socket.create_server((public_ip, self.ssh_port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free loopback address for port {self.ssh_port}")
 
     def _answer_banner(self, listener: socket.socket) -> None:
         # Like sshd: greet every connection with a protocol banner, then hang up.
@@ -227,6 +244,8 @@ class _Action:
     region_slug: str
     due: float  # monotonic time at which it completes
     effect: Any = None  # callable run under the lock when the action completes
+    fails: bool = False  # ends "errored" without its effect
+    undo: Any = None  # callable run under the lock when a failing action ends
     status: str = "in-progress"
     started_at: str = field(default_factory=now_iso)
     completed_at: str | None = None
@@ -309,6 +328,8 @@ class FakeDigitalOcean(FakeApiServer):
         self.per_page_max = per_page_max
         self.droplet_limit = 25
         self.stall_actions = False
+        self.failing_actions = 0  # the next N reserved-IP assign/unassign actions error
+        self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self.backend_errors: list[str] = []
         self.metadata_ids: dict[str, int] = {}  # caller address -> droplet id, checked first
         self.droplets: dict[int, dict[str, Any]] = {}
@@ -334,6 +355,9 @@ class FakeDigitalOcean(FakeApiServer):
 
     def start(self) -> None:
         super().start()
+        assert self._server is not None
+        handler = self._server.RequestHandlerClass
+        self._server.RequestHandlerClass = _first_content_type_wins(handler)
         threading.Thread(target=self._tick, daemon=True).start()
 
     def stop(self) -> None:
@@ -387,6 +411,51 @@ class FakeDigitalOcean(FakeApiServer):
         self.inject(
             status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
         )
+
+    def malformed_answers(
+        self,
+        body: str,
+        *,
+        count: int = 1,
+        status: int = 200,
+        content_type: str = "text/html",
+        path_prefix: str = "/v2/",
+        method: str | None = None,
+        after_serving: bool = False,
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``body`` as it is (not an API body):
+        a proxy's HTML page, or ``content_type="application/json"`` with ``null`` or JSON cut
+        short. ``after_serving``: the request takes effect first, then its answer is the raw
+        body."""
+
+        def headers() -> dict[str, str]:
+            return {"content-type": content_type}
+
+        fault = Fault(status, count, path_prefix, method, body, headers, after_serving)
+        with self.lock:
+            self._malformed.append(fault)
+
+    def dispatch(self, request: Request) -> tuple[str, Response]:
+        with self.lock:
+            fault = next(
+                (f for f in self._malformed if f.matches(request.method, request.path)), None
+            )
+            if fault is not None:
+                fault.remaining -= 1
+        if fault is None:
+            return super().dispatch(request)
+        template = self._template_of(request)
+        if fault.after_serving:
+            template, _ = super().dispatch(request)
+        return template, Response(fault.status or 200, fault.message, headers=fault.headers())
+
+    def resume_actions(self) -> None:
+        """Stalled reserved-IP actions go on and complete (``stall_actions`` is switched off)."""
+        with self.lock:
+            self.stall_actions = False
+            for action in self.actions.values():
+                if action.resource_type == "reserved_ip":
+                    action.stalled = False
 
     def reject_token(self) -> None:
         """Every request is now 401, as with a revoked token."""
@@ -499,6 +568,12 @@ class FakeDigitalOcean(FakeApiServer):
         now = time.monotonic()
         for action in self.actions.values():
             if action.status == "in-progress" and not action.stalled and action.due <= now:
+                if action.fails:
+                    if action.undo is not None:
+                        action.undo()
+                    action.status = "errored"
+                    action.completed_at = now_iso()
+                    continue
                 if action.effect is not None:
                     try:
                         action.effect()
@@ -993,11 +1068,18 @@ class FakeDigitalOcean(FakeApiServer):
             rip["droplet_id"] = droplet_id
             rip["locked"] = False
 
+        def unlock() -> None:
+            rip["locked"] = False
+
         rip["locked"] = True
         kind = "assign_ip" if droplet_id else "unassign_ip"
-        return self._new_action(
+        action = self._new_action(
             kind, int(ipaddress.ip_address(rip["ip"])), "reserved_ip", rip["region"], effect
         )
+        if self.failing_actions > 0:  # DigitalOcean failed the move: nothing changes
+            self.failing_actions -= 1
+            action.fails, action.undo = True, unlock
+        return action
 
     def _rips_get(self, request: Request) -> Response:
         rip = self.reserved_ips.get(request.params["reserved_ip"])
@@ -1054,6 +1136,29 @@ class FakeDigitalOcean(FakeApiServer):
         if action is None or action.resource_type != "reserved_ip":
             return self._error(404)
         return Response(200, {"action": self._action_json(action)})
+
+
+def _first_content_type_wins(
+    handler: type[BaseHTTPRequestHandler],
+) -> type[BaseHTTPRequestHandler]:
+    """The shared handler adds a content-type of its own after an answer's headers: a malformed
+    answer's own content-type (e.g. application/json on JSON cut short) must be the one sent."""
+
+    class _Handler(handler):
+        _content_type_sent = False
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() == "content-type":
+                if self._content_type_sent:
+                    return
+                self._content_type_sent = True
+            super().send_header(keyword, value)
+
+        def end_headers(self) -> None:
+            self._content_type_sent = False
+            super().end_headers()
+
+    return _Handler
 
 
 def _int(value: str) -> int:

@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -383,11 +384,10 @@ def _render_script(
     env = template_environment([REPO / "templates"])  # the renderer's, with its quote filter
     text = env.get_template("keepalived/notify-master-digitalocean.sh.j2").render(
         dynia_do_reserved_ip=address,
-        dynia_do_api_url=fake.api_url,
         dynia_do_metadata_url=metadata,
         dynia_do_token_file=str(token_file),
         dynia_do_action_timeout=5,
-        **{"dynia_do_settle_seconds": 0, **extra},
+        **{"dynia_do_settle_seconds": 0, "dynia_do_api_url": fake.api_url, **extra},
     )
     script = tmp_path / "notify-master.sh"
     script.write_text(text)
@@ -516,6 +516,58 @@ def test_notify_master_script_refuses_a_readable_token_file_and_reports_a_bad_to
         assert fake.token not in refused.stderr
     finally:
         metadata.close()
+
+
+def test_notify_master_script_reports_a_failed_connection_as_http_000(
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]  # nothing listens here once the block ends
+    script = _render_script(
+        tmp_path,
+        fake,
+        move_to_bold_fox.rip.address,
+        move_to_bold_fox.metadata_url,
+        dynia_do_api_url=f"http://127.0.0.1:{port}",
+        dynia_do_attempts=1,
+    )
+    failed = _run(script)
+    assert failed.returncode == 1
+    assert "HTTP 000 (attempt 1)" in failed.stderr
+    assert "000000" not in failed.stderr
+
+
+def test_notify_master_script_waits_as_long_as_retry_after_says(
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
+) -> None:
+    # DigitalOcean's burst limit: a short Retry-After, a ratelimit-reset an hour away.
+    b, rip = move_to_bold_fox.bold, move_to_bold_fox.rip
+    script = _render_script(
+        tmp_path, fake, rip.address, move_to_bold_fox.metadata_url, dynia_do_attempts=2
+    )
+    fake.rate_limit(2, path_prefix="/v2/reserved_ips", reset_in=3600, retry_after=2)
+    started = time.monotonic()
+    moved = _run(script)
+    assert moved.returncode == 0, moved.stderr
+    assert time.monotonic() - started >= 4  # both waits as asked; neither used up an attempt
+    assert moved.stderr.count("waited 2s as DigitalOcean asked") == 2
+    assert fake.backend.assignments[rip.address] == int(b.provider_id)
+
+
+def test_notify_master_script_gives_up_when_retry_after_passes_its_bound(
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
+) -> None:
+    a, rip = move_to_bold_fox.ash, move_to_bold_fox.rip
+    script = _render_script(
+        tmp_path, fake, rip.address, move_to_bold_fox.metadata_url, dynia_do_max_wait=5
+    )
+    fake.rate_limit(50, path_prefix="/v2/reserved_ips", reset_in=3600, retry_after=3600)
+    started = time.monotonic()
+    refused = _run(script)
+    assert refused.returncode == 1
+    assert time.monotonic() - started < 10
+    assert "asks for 3600s more, past the 5s" in refused.stderr
+    assert fake.backend.assignments[rip.address] == int(a.provider_id)
 
 
 def test_host_key_tag_round_trips(provider: DigitalOceanNodeProvider, key: str) -> None:
@@ -656,11 +708,25 @@ def test_vpc_delete_waits_while_droplets_are_still_leaving(
 def test_an_action_on_a_reserved_ip_that_is_gone_is_a_clear_error(
     fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
 ) -> None:
+    node = provider.create_node(_spec("ash-elk", key))
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    with fake.lock:
+        fake.reserved_ips.pop(rip.address)  # released in the control panel
+    with pytest.raises(ProviderError) as caught:
+        provider.attach_reserved_ip(rip, node.provider_id)
+    assert f"no longer knows reserved IP {rip.address}" in caught.value.message
+    assert "assigning" in caught.value.message
+    assert "dynia repair" in (caught.value.hint or "")
+
+
+def test_a_404_to_an_action_is_not_read_as_the_reserved_ip_gone_while_it_exists(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str
+) -> None:
     provider.create_node(_spec("ash-elk", key))
     rip = provider.allocate_reserved_ip("prod", "fra1")
     fake.inject(404, path_prefix=f"/v2/reserved_ips/{rip.address}/actions", method="POST")
     with pytest.raises(ProviderError) as caught:
         provider.detach_reserved_ip(rip)
-    assert f"no longer knows reserved IP {rip.address}" in caught.value.message
-    assert "unassigning" in caught.value.message
-    assert "dynia repair" in (caught.value.hint or "")
+    assert "no longer" not in caught.value.message  # what attach's callers read as "gone"
+    assert f"404 though reserved IP {rip.address} is on the account" in caught.value.message
+    assert "dynia repair" not in (caught.value.hint or "")

@@ -6,9 +6,11 @@ off exponentially. Connect and read are bounded per request, every operation (it
 waits together) by a deadline, and each wait is reported through ``progress`` so a slow API is
 visible. A create is never sent twice blindly: before any re-send the caller's ``find`` looks the
 resource up by the name or tags it carries, since a 5xx or a read timeout does not mean the API
-dropped it. Errors become ``ProviderError`` (:class:`ApiError` with the HTTP status) naming the
-operation and what to do. The token is a :class:`~dynia.providers.credentials.Secret` and never
-appears in messages or reprs.
+dropped it. An answer that is not a JSON object (a proxy's HTML page, a cut-off body, ``null``)
+is treated like a 5xx: tried again when that is safe (a read, or a call that can look up what an
+earlier try made), else reported. Errors become ``ProviderError`` (:class:`ApiError` with the
+HTTP status) naming the operation and what to do. The token is a
+:class:`~dynia.providers.credentials.Secret` and never appears in messages or reprs.
 
 Environment: ``DIGITALOCEAN_TOKEN`` (else the credentials file, see ``credentials.py``),
 ``DIGITALOCEAN_API_URL`` (default ``https://api.digitalocean.com``; plain ``http`` only to a
@@ -18,6 +20,7 @@ loopback or private address, e.g. a local test API).
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -35,6 +38,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.core.pipeline.policies import HeadersPolicy
 
 from dynia.endpoints import check_url_shape
@@ -56,6 +60,12 @@ QUOTA_HINT = (
     "then re-run the same command"
 )
 STATUS_HINT = "check https://status.digitalocean.com and re-run the same command; it resumes"
+MALFORMED_HINT = (
+    "re-run the same command, it resumes where it stopped; if it repeats, check "
+    f"{API_URL_ENV}, any proxy between here and the API, and https://status.digitalocean.com"
+)
+# A refused request whose operation gave no hint of its own: DigitalOcean's message names what.
+REFUSAL_HINT = "DigitalOcean's message says what it refused; correct that and re-run the command"
 
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -74,6 +84,41 @@ class ApiError(ProviderError):
         super().__init__(message, hint)
         self.status = status
         self.api_message = api_message
+
+
+class MalformedAnswer(Exception):
+    """An answer pydo would read that is not a JSON object (raised inside the HTTP pipeline)."""
+
+    def __init__(self, method: str, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}, {detail}")
+        self.method = method
+        self.status = status
+        self.detail = detail
+
+
+def _check_answer(pipeline_response: PipelineResponse) -> None:
+    """pydo's ``raw_response_hook``: refuse an answer it would read that is not a JSON object.
+
+    Runs before pydo (and azure's content decoding) read the body, so a proxy's HTML page or a
+    cut-off body becomes one error that says which request got it, not a JSONDecodeError or an
+    AttributeError deep in the caller. 5xx and 429 answers keep their own retry path.
+    """
+    response = pipeline_response.http_response
+    status = response.status_code
+    body = response.body()
+    method = response.request.method
+    if not body and method == "GET" and status == 200:  # every read answers an object
+        raise MalformedAnswer(method, status, "an empty body")
+    if not body or status >= 500 or status == 429:
+        return
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, dict):
+        kind = response.headers.get("content-type") or "no content type"
+        snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
+        raise MalformedAnswer(method, status, f"{kind}: {snippet!r}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +164,7 @@ class DigitalOceanApi:
             retry_total=0,
             connection_timeout=self.retry.connect_timeout,
             read_timeout=self.retry.read_timeout,
+            raw_response_hook=_check_answer,
         )
 
     def __repr__(self) -> str:
@@ -130,6 +176,7 @@ class DigitalOceanApi:
         operation: Callable[..., Any],
         *args: Any,
         recover: Callable[[], Any] | None = None,
+        refused: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run one API operation with bounded retries; translate failures to ProviderError.
@@ -137,6 +184,7 @@ class DigitalOceanApi:
         ``recover`` makes a non-idempotent call (a create) safe to retry: before every re-send
         it looks for what the earlier try may have made (a 5xx or a read timeout can come after
         the API accepted the request); a result other than None is returned instead.
+        ``refused``: what to do when DigitalOcean refuses this operation (a 400/422).
         """
         deadline = time.monotonic() + self.retry.deadline
         for attempt in range(1, self.retry.attempts + 1):
@@ -147,8 +195,11 @@ class DigitalOceanApi:
                     return found
             try:
                 return operation(*args, **kwargs)
+            except MalformedAnswer as exc:
+                safe = recover is not None or exc.method != "POST"
+                delay, reason = self._malformed_retry(what, exc, attempt, deadline, safe)
             except HttpResponseError as exc:
-                delay, reason = self._http_retry(what, exc, attempt, deadline)
+                delay, reason = self._http_retry(what, exc, attempt, deadline, refused)
             except (ServiceRequestError, ServiceResponseError) as exc:
                 delay, reason = self._network_retry(what, exc, attempt, deadline)
             self.progress(
@@ -164,13 +215,18 @@ class DigitalOceanApi:
         return time.monotonic() + delay > deadline
 
     def _http_retry(
-        self, what: str, exc: HttpResponseError, attempt: int, deadline: float
+        self,
+        what: str,
+        exc: HttpResponseError,
+        attempt: int,
+        deadline: float,
+        refused: str | None = None,
     ) -> tuple[float, str]:
         """(delay, reason) before the next try; raises when the failure is final."""
         status = exc.status_code or 0
         delay = self._retry_delay(exc, attempt) if status == 429 or status >= 500 else None
         if delay is None or self._gives_up(attempt, deadline, delay):
-            raise self._translate(what, exc, attempt) from None
+            raise self._translate(what, exc, attempt, refused) from None
         if status == 429:
             return delay, "rate limit reached (HTTP 429)"
         return delay, f"HTTP {status} ({_api_message(exc)})"
@@ -194,6 +250,28 @@ class DigitalOceanApi:
             ) from None
         return delay, reason
 
+    def _malformed_retry(
+        self, what: str, exc: MalformedAnswer, attempt: int, deadline: float, safe: bool
+    ) -> tuple[float, str]:
+        """Like a 5xx; but a POST the caller cannot look up afterwards is not sent again: the
+        answer came, so DigitalOcean probably did what it asked."""
+        delay = self._backoff(attempt)
+        # A proxy's error page may echo the request, its Authorization header included.
+        shown = str(exc).replace(self._token.reveal(), "<token>")
+        if not safe:
+            raise ProviderError(
+                f"DigitalOcean's answer to {what} was not readable ({shown}); the request may "
+                "have taken effect",
+                hint=MALFORMED_HINT,
+            ) from None
+        if self._gives_up(attempt, deadline, delay):
+            raise ProviderError(
+                f"DigitalOcean kept answering {what} with something other than its JSON "
+                f"({shown}) after {attempt} tries",
+                hint=MALFORMED_HINT,
+            ) from None
+        return delay, f"an unreadable answer ({shown})"
+
     def _backoff(self, attempt: int) -> float:
         return min(self.retry.base_delay * 2 ** (attempt - 1), self.retry.max_delay)
 
@@ -208,14 +286,22 @@ class DigitalOceanApi:
             return None  # the window is longer than we are willing to block
         return max(wait, 0.2)
 
-    def _translate(self, what: str, exc: HttpResponseError, attempts: int) -> ApiError:
+    def _translate(
+        self, what: str, exc: HttpResponseError, attempts: int, refused: str | None = None
+    ) -> ApiError:
         status = exc.status_code or 0
         message = _api_message(exc)
-        text, hint = self._explain(what, status, message, exc, attempts)
+        text, hint = self._explain(what, status, message, exc, attempts, refused)
         return ApiError(text, hint, status=status, api_message=message)
 
     def _explain(
-        self, what: str, status: int, message: str, exc: HttpResponseError, attempts: int
+        self,
+        what: str,
+        status: int,
+        message: str,
+        exc: HttpResponseError,
+        attempts: int,
+        refused: str | None = None,
     ) -> tuple[str, str]:
         if status == 401:
             return (
@@ -223,7 +309,9 @@ class DigitalOceanApi:
                 f"{TOKEN_ENV} is missing, mistyped, expired or revoked; set it to {TOKEN_SCOPES}",
             )
         if "limit" in message.lower() and status in (403, 422):
-            return (f"DigitalOcean quota reached while {what}: {message}", QUOTA_HINT)
+            # QUOTA_HINT speaks of droplets; another limit gets the operation's own hint.
+            hint = QUOTA_HINT if "droplet" in message.lower() else refused or REFUSAL_HINT
+            return (f"DigitalOcean quota reached while {what}: {message}", hint)
         if status == 403:
             return (
                 f"the DigitalOcean token may not do this: {what} was refused (403: {message})",
@@ -242,19 +330,28 @@ class DigitalOceanApi:
                 f"(HTTP {status} after {attempts} attempts: {message})",
                 STATUS_HINT,
             )
-        return (f"DigitalOcean refused {what} (HTTP {status}: {message})", _refusal_hint(status))
+        hint = refused if refused and status in (400, 422) else _refusal_hint(status)
+        return (f"DigitalOcean refused {what} (HTTP {status}: {message})", hint)
 
-    def list_all(self, what: str, operation: Callable[..., Any], key: str, **kw: Any) -> list:
-        """Every item of a paginated list, following ``links.pages.next``."""
-        items: list[Any] = []
+    def list_all(
+        self, what: str, operation: Callable[..., Any], key: str, **kw: Any
+    ) -> list[dict[str, Any]]:
+        """Every item of a paginated list, following ``links.pages.next``.
+
+        A page without its list, or with items that are not objects, is an error: read as
+        "nothing there" it would make a re-run create a second of what exists.
+        """
+        items: list[dict[str, Any]] = []
         page = 1
         for _ in range(10_000):
             body = self.call(what, operation, page=page, per_page=200, **kw)
-            items.extend(body.get(key) or [])
-            next_url = ((body.get("links") or {}).get("pages") or {}).get("next")
-            if not next_url:
+            found = body.get(key) if isinstance(body, dict) else None
+            if not isinstance(found, list) or not all(isinstance(i, dict) for i in found):
+                raise malformed(what, f"no list of {key!r}")
+            items.extend(found)
+            page = _next_page(body, page, what)
+            if page is None:
                 return items
-            page = int(parse_qs(urlsplit(next_url).query).get("page", [page + 1])[0])
         raise ProviderError(f"DigitalOcean kept paginating while {what}", hint="re-run")
 
     def create(
@@ -264,10 +361,14 @@ class DigitalOceanApi:
         body: dict[str, Any],
         key: str,
         find: Callable[[], dict[str, Any] | None],
+        refused: str | None = None,
     ) -> dict[str, Any]:
         """POST a create and return ``body[key]`` of the answer; ``find`` looks the resource up
-        (by the name or tags it carries) before any re-send, so a retry never makes a second."""
-        return self.call(what, lambda: field(operation(body), key, what), recover=find)
+        (by the name or tags it carries) before any re-send, so a retry never makes a second.
+        ``refused``: what to do when DigitalOcean refuses the create (see :meth:`call`)."""
+        return self.call(
+            what, lambda: field(operation(body), key, what), recover=find, refused=refused
+        )
 
 
 def check_endpoint(url: str) -> str:
@@ -306,10 +407,43 @@ def field(body: Any, key: str, what: str) -> Any:
     if isinstance(body, dict) and isinstance(body.get(key), dict):
         return body[key]
     detail = body.get("message") if isinstance(body, dict) else None
-    raise ProviderError(
-        f"DigitalOcean answered {what} without its {key!r} ({detail or 'unexpected answer'})",
-        hint="re-run the same command; if it repeats check https://status.digitalocean.com",
+    raise malformed(what, f"without its {key!r}: {detail or 'unexpected answer'}")
+
+
+def require(item: dict[str, Any], what: str, **types: type | tuple[type, ...]) -> dict[str, Any]:
+    """``item`` when each named field has one of its types, else a ProviderError naming it.
+
+    The provider reads these fields to decide what exists; a malformed item must stop the
+    command rather than count as "not there".
+    """
+    for name, kinds in types.items():
+        value = item.get(name)
+        # JSON true/false are Python ints too: never a valid id or count.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
+            label = item.get("id", item.get("ip", item.get("name", "?")))
+            raise malformed(what, f"an item ({label!r}) without a valid {name!r}: {value!r}")
+    return item
+
+
+def malformed(what: str, detail: str) -> ProviderError:
+    return ProviderError(
+        f"DigitalOcean answered {what} with a malformed answer ({detail})", hint=MALFORMED_HINT
     )
+
+
+def _next_page(body: dict[str, Any], page: int, what: str) -> int | None:
+    """The number of the next page ``links.pages.next`` names; None on the last page."""
+    links = body.get("links") or {}
+    pages = (links.get("pages") or {}) if isinstance(links, dict) else None
+    if not isinstance(pages, dict):
+        raise malformed(what, "unreadable 'links.pages'")
+    next_url = pages.get("next")
+    if not next_url:
+        return None
+    number = parse_qs(urlsplit(str(next_url)).query).get("page", [str(page + 1)])[0]
+    if not number.isdigit():
+        raise malformed(what, f"a next page {number!r}")
+    return int(number)
 
 
 def _rate_limit_wait(exc: HttpResponseError) -> float | None:
@@ -330,7 +464,7 @@ def _refusal_hint(status: int) -> str:
         return "the resource is gone from the account; re-run the same command to recreate it"
     if status == 409:
         return "another change to the same resource is still running; re-run in a minute"
-    return "check the region, size and image settings of the cluster; then re-run"
+    return REFUSAL_HINT
 
 
 def _api_message(exc: HttpResponseError) -> str:

@@ -13,7 +13,10 @@ What it makes, and how it finds it again (so a re-run never duplicates anything)
   node MASTER. The nodes' own firewall (role ``dynia_firewall``) does that job.
 * a Reserved IP: reserved IPs carry no tags, so one is recognised as the cluster's while it is
   assigned to one of the cluster's droplets (a new one is created assigned to a cluster droplet
-  when the cluster has any, for exactly that reason).
+  when the cluster has any, for exactly that reason). ``allocate_reserved_ip`` returns a new one
+  as soon as it exists, so state learns of it before anything can fail; a slow or errored first
+  assignment is finished by ``attach_reserved_ip``. Every move reads the address first and
+  treats "already there" as done, so a lost answer never leads to a blind second action.
 
 Host keys are pinned before first contact: the provider generates a bootstrap ed25519 host key
 pair locally and hands it to cloud-init in the user data (``ssh_keys``), so the public half is
@@ -54,6 +57,8 @@ from dynia.providers.digitalocean.api import (
     RetryPolicy,
     field,
     is_missing,
+    malformed,
+    require,
 )
 from dynia.waiting import WaitTimeout, wait_until
 
@@ -161,8 +166,17 @@ class DigitalOceanNodeProvider:
     def __repr__(self) -> str:
         return f"DigitalOceanNodeProvider(api_url={self._api.api_url!r}, region={self.region!r})"
 
-    def _wait(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
-        """Poll ``check`` until it returns something truthy; bounded by ``timeout``."""
+    def _wait(
+        self,
+        what: str,
+        timeout: float,
+        check: Callable[[], Any],
+        timed_out: ProviderError | None = None,
+    ) -> Any:
+        """Poll ``check`` until it returns something truthy; bounded by ``timeout``.
+
+        ``timed_out``: the error to raise past the timeout instead of the general one.
+        """
         try:
             return wait_until(
                 check,
@@ -172,6 +186,8 @@ class DigitalOceanNodeProvider:
                 sleep=self._sleep,
             )
         except WaitTimeout:
+            if timed_out is not None:
+                raise timed_out from None
             raise ProviderError(
                 f"timed out after {timeout:.0f}s waiting for {what}",
                 hint="re-run the same command: it finds what was already created and waits "
@@ -181,7 +197,9 @@ class DigitalOceanNodeProvider:
     # -- network -------------------------------------------------------------------------------
 
     def _vpcs(self) -> list[dict[str, Any]]:
-        return self._api.list_all("listing VPCs", self._client.vpcs.list, "vpcs")
+        what = "listing VPCs"
+        vpcs = self._api.list_all(what, self._client.vpcs.list, "vpcs")
+        return [require(v, what, id=str, name=str, region=str, ip_range=str) for v in vpcs]
 
     def _find_vpc(self, cluster: str) -> dict[str, Any] | None:
         return next((v for v in self._vpcs() if v.get("name") == f"dynia-{cluster}"), None)
@@ -193,16 +211,21 @@ class DigitalOceanNodeProvider:
             body = {
                 "name": f"dynia-{cluster}",
                 "region": region,
-                "ip_range": _plan_ip_range(cluster, [v.get("ip_range", "") for v in vpcs]),
+                "ip_range": _plan_ip_range(cluster, [v["ip_range"] for v in vpcs]),
                 "description": f"Private network of Dynia cluster {cluster}",
             }
+            what = f"creating VPC dynia-{cluster}"
             vpc = self._api.create(
-                f"creating VPC dynia-{cluster}",
+                what,
                 self._client.vpcs.create,
                 body,
                 "vpc",
                 lambda: self._find_vpc(cluster),
+                refused=f"DigitalOcean's message says what it refuses about VPC dynia-{cluster} "
+                f"(its name, region {region} or range {body['ip_range']}); remove the VPC in "
+                "its way (Networking > VPC in the control panel) and re-run the same command",
             )
+            require(vpc, what, id=str, region=str, ip_range=str)
         if vpc.get("region") != region:
             raise ProviderError(
                 f"VPC dynia-{cluster} exists in region {vpc.get('region')}, not {region}",
@@ -233,8 +256,9 @@ class DigitalOceanNodeProvider:
         vpc = self._find_vpc(cluster)
         if vpc is not None:
             self._delete_vpc(cluster, vpc["id"])
-        for key in self._api.list_all("listing SSH keys", self._client.ssh_keys.list, "ssh_keys"):
-            if key.get("name") == f"dynia-{cluster}":
+        what = "listing SSH keys"
+        for key in self._api.list_all(what, self._client.ssh_keys.list, "ssh_keys"):
+            if require(key, what, id=int, name=str)["name"] == f"dynia-{cluster}":
                 self._api.call("deleting SSH key", self._client.ssh_keys.delete, key["id"])
 
     def _delete_vpc(self, cluster: str, vpc_id: str) -> None:
@@ -300,23 +324,23 @@ class DigitalOceanNodeProvider:
         return int(key["id"])
 
     def _get_ssh_key(self, fingerprint: str) -> dict[str, Any] | None:
+        what = "looking up the SSH key"
         try:
-            body = self._api.call("looking up the SSH key", self._client.ssh_keys.get, fingerprint)
+            body = self._api.call(what, self._client.ssh_keys.get, fingerprint)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return None if is_missing(body) else body.get("ssh_key")
+        return None if is_missing(body) else require(field(body, "ssh_key", what), what, id=int)
 
     # -- droplets ------------------------------------------------------------------------------
 
     def _cluster_droplets(self, cluster: str) -> list[dict[str, Any]]:
-        return self._api.list_all(
-            f"listing droplets of cluster {cluster}",
-            self._client.droplets.list,
-            "droplets",
-            tag_name=f"dynia-cluster-{cluster}",
+        what = f"listing droplets of cluster {cluster}"
+        droplets = self._api.list_all(
+            what, self._client.droplets.list, "droplets", tag_name=f"dynia-cluster-{cluster}"
         )
+        return [_checked_droplet(d, what) for d in droplets]
 
     def _find_droplet(self, cluster: str, node: str) -> dict[str, Any] | None:
         tag = f"dynia-node-{node}"
@@ -377,17 +401,21 @@ class DigitalOceanNodeProvider:
             body,
             "droplet",
             lambda: self._find_droplet(spec.cluster, spec.name),
+            refused=f"check the cluster's region, size and image ({spec.region}, {spec.size}, "
+            f"{body['image']}): DigitalOcean's message names the one it refuses; then re-run",
         )
 
     def _wait_active(self, droplet_id: int, node: str) -> dict[str, Any]:
+        what = f"reading droplet {node}"
+
         def check() -> dict[str, Any] | None:
-            body = self._api.call(f"reading droplet {node}", self._client.droplets.get, droplet_id)
+            body = self._api.call(what, self._client.droplets.get, droplet_id)
             if is_missing(body):
                 raise ProviderError(
                     f"droplet of node {node} (id {droplet_id}) disappeared while booting",
                     hint="re-run the same command to create it again",
                 )
-            droplet = field(body, "droplet", f"reading droplet {node}")
+            droplet = _checked_droplet(field(body, "droplet", what), what)
             ready = droplet["status"] == "active" and _address(droplet, "public")
             return droplet if ready else None
 
@@ -406,7 +434,11 @@ class DigitalOceanNodeProvider:
 
     def _to_node(self, droplet: dict[str, Any]) -> ProvisionedNode:
         tags = droplet.get("tags") or []
-        node = next(t.removeprefix("dynia-node-") for t in tags if t.startswith("dynia-node-"))
+        node = next(
+            (t.removeprefix("dynia-node-") for t in tags if t.startswith("dynia-node-")), ""
+        )
+        if not node:
+            raise malformed(f"reading droplet {droplet.get('id')}", "no dynia-node- tag")
         host_keys = [_host_key_from_tag(t) for t in tags if t.startswith("dynia-hostkey-")]
         return ProvisionedNode(
             name=node,
@@ -444,36 +476,84 @@ class DigitalOceanNodeProvider:
     # -- reserved IP ---------------------------------------------------------------------------
 
     def _reserved_ips(self) -> list[dict[str, Any]]:
-        return self._api.list_all(
-            "listing reserved IPs", self._client.reserved_ips.list, "reserved_ips"
-        )
+        what = "listing reserved IPs"
+        rips = self._api.list_all(what, self._client.reserved_ips.list, "reserved_ips")
+        return [require(r, what, ip=str, region=dict, droplet=(dict, type(None))) for r in rips]
 
     def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo:
+        """The cluster's reserved IP: the one on a cluster droplet, else a new one.
+
+        A new one is returned as soon as it exists, even when its first assignment is slow or
+        errored: the caller records it at once and ``attach_reserved_ip`` finishes the move.
+        Failing here instead would lose the address, and the re-run would make a second.
+        """
         droplets = self._cluster_droplets(cluster)
         ours = {d["id"] for d in droplets}
-        existing = self._reserved_ips()
-        for rip in existing:
-            if (rip.get("droplet") or {}).get("id") in ours:
-                return ReservedIpInfo(address=rip["ip"], provider_id=rip["ip"])
+        held, existing = self._held_reserved_ip(ours, region)
+        if held is not None:
+            return ReservedIpInfo(address=held["ip"], provider_id=held["ip"])
         # Creating it assigned to a cluster droplet keeps it recognisable as ours on a re-run.
         in_region = sorted(
-            (d for d in droplets if d["region"]["slug"] == region), key=lambda d: d["name"]
+            (d for d in droplets if d["region"].get("slug") == region), key=lambda d: d["name"]
         )
         target: int | None = in_region[0]["id"] if in_region else None
         body: dict[str, Any] = {"droplet_id": target} if target else {"region": region}
         before = {r["ip"] for r in existing}
+        what = "creating the reserved IP"
         made = self._api.call(
-            "creating the reserved IP",
+            what,
             self._client.reserved_ips.create,
             body,
             recover=lambda: self._new_reserved_ip(before, ours, region),
+            refused=f"check that region {region} offers reserved IPs and that the account has "
+            "room for one more (Networking > Reserved IPs); then re-run the same command",
         )
-        rip = field(made, "reserved_ip", "creating the reserved IP")
-        for link in (made.get("links") or {}).get("actions") or []:
-            self._wait_action(link["id"], "assigning the new reserved IP")
-        if made.get("recovered") and target is not None:
-            self._settle_assignment(rip["ip"], target)
-        return ReservedIpInfo(address=rip["ip"], provider_id=rip["ip"])
+        address = require(field(made, "reserved_ip", what), what, ip=str)["ip"]
+        if target is not None:
+            self._settle_new(address, target, made)
+        return ReservedIpInfo(address=address, provider_id=address)
+
+    def _held_reserved_ip(
+        self, ours: set[int], region: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The reserved IP on one of the droplets ``ours``, and every reserved IP of the account.
+
+        A run cut off after DigitalOcean accepted its create leaves an address that is
+        unassigned and locked while its assign action runs, and recognisable as this cluster's
+        only once that action put it on the droplet: such addresses in the region are waited
+        for (bounded) before deciding that the cluster has none.
+        """
+        rips = self._reserved_ips()
+        held = _held_by(rips, ours)
+        moving = [r["ip"] for r in rips if _moving_in(r, region)]
+        if held is None and ours and moving:
+            self._wait_unlocked(moving, region)
+            rips = self._reserved_ips()
+            held = _held_by(rips, ours)
+        return held, rips
+
+    def _wait_unlocked(self, addresses: list[str], region: str) -> None:
+        names = ", ".join(addresses)
+        self._api.progress(
+            f"reserved IP {names} in {region} has an action running; waiting for it to end "
+            "before deciding whether it is this cluster's"
+        )
+
+        def unlocked() -> bool:
+            return not any((self._get_reserved_ip(a) or {}).get("locked") for a in addresses)
+
+        limit = self.timeouts.action
+        self._wait(
+            f"reserved IP {names} to finish its action",
+            limit,
+            unlocked,
+            timed_out=ProviderError(
+                f"reserved IP {names} in {region} still has an action running after "
+                f"{limit:.0f}s; it may be this cluster's, from a run that was cut off",
+                hint="re-run the same command once the action ended (Networking > Reserved IPs "
+                "in the control panel): creating another now could leave one unused",
+            ),
+        )
 
     def _new_reserved_ip(
         self, before: set[str], ours: set[int], region: str
@@ -481,120 +561,195 @@ class DigitalOceanNodeProvider:
         """The reserved IP an earlier create made: one on a cluster droplet, else a new,
         unassigned one in the region (its assign action may still be pending)."""
         rips = self._reserved_ips()
-        held = [r for r in rips if (r.get("droplet") or {}).get("id") in ours]
         fresh = [
             r
             for r in rips
-            if r["ip"] not in before
-            and not r.get("droplet")
-            and (r.get("region") or {}).get("slug") == region
+            if r["ip"] not in before and not r["droplet"] and r["region"].get("slug") == region
         ]
-        found = (held or fresh or [None])[0]
+        found = _held_by(rips, ours) or (fresh or [None])[0]
         return None if found is None else {"reserved_ip": found, "recovered": True}
 
-    def _settle_assignment(self, address: str, droplet_id: int) -> None:
-        """Let a pending action of a recovered reserved IP end, then put it on ``droplet_id``."""
+    def _settle_new(self, address: str, target: int, made: dict[str, Any]) -> None:
+        """Wait until the new reserved IP is on ``target``, assigning it again when its first
+        action errored (or was not seen: a recovered create).
 
-        def unlocked() -> dict[str, Any] | None:
-            rip = self._get_reserved_ip(address)
-            if rip is None:
-                raise ProviderError(
-                    f"creating the reserved IP: {address} vanished from the account",
-                    hint="re-run the same command to create a new one",
-                )
-            return None if rip.get("locked") else rip
-
-        rip = self._wait(
-            f"reserved IP {address} to finish its pending action", self.timeouts.action, unlocked
-        )
-        if (rip.get("droplet") or {}).get("id") != droplet_id:
-            self._post_action(address, {"type": "assign", "droplet_id": droplet_id})
+        Any failure but the address vanishing is reported, not raised: the address exists and
+        must reach state; attaching it to the MASTER finishes the move.
+        """
+        what = "assigning the new reserved IP"
+        try:
+            ends = [self._action_end(action_id, what) for action_id in _action_ids(made)]
+            if not ends or "errored" in ends:
+                self._post_action(address, {"type": "assign", "droplet_id": target})
+        except ReservedIpGone:
+            raise
+        except ProviderError as exc:
+            self._api.progress(
+                f"reserved IP {address} is allocated but not yet assigned ({exc.message}); "
+                "it is assigned when the cluster's MASTER takes it"
+            )
 
     def _get_reserved_ip(self, address: str) -> dict[str, Any] | None:
+        what = f"reading reserved IP {address}"
         try:
-            body = self._api.call(
-                f"reading reserved IP {address}", self._client.reserved_ips.get, address
-            )
+            body = self._api.call(what, self._client.reserved_ips.get, address)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return None if is_missing(body) else field(body, "reserved_ip", f"reading {address}")
+        if is_missing(body):
+            return None
+        rip = field(body, "reserved_ip", what)
+        return require(rip, what, ip=str, region=dict, droplet=(dict, type(None)))
 
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
-        rip = self._get_reserved_ip(ip.address)
-        if rip is None:
-            raise ProviderError(
-                f"reserved IP {ip.address} no longer exists on the account",
-                hint="run `dynia repair --force` to allocate a new one",
-            )
         target = _droplet_id(node_provider_id)
-        if (rip.get("droplet") or {}).get("id") == target:
-            return
         self._post_action(ip.address, {"type": "assign", "droplet_id": target})
 
     def detach_reserved_ip(self, ip: ReservedIpInfo) -> None:
         rip = self._get_reserved_ip(ip.address)
-        if rip is None or not rip.get("droplet"):
+        if rip is None or not (rip["droplet"] or rip.get("locked")):
             return
         self._post_action(ip.address, {"type": "unassign"})
 
     def _post_action(self, address: str, body: dict[str, Any]) -> None:
+        """Move the reserved IP as ``body`` says and wait until it is there.
+
+        The address is read before every send: already where ``body`` wants it means done (an
+        earlier try whose answer was lost did it), and an action still running on it is waited
+        for; so a lost answer is never followed by a blind second action.
+        """
         what = f"{body['type']}ing reserved IP {address}"
         post = self._client.reserved_ips_actions.post
+        refused = None
+        if body["type"] == "assign":
+            refused = (
+                "the droplet must exist and be in the reserved IP's region; DigitalOcean's "
+                "message says what it refused; then re-run the same command"
+            )
+
+        def recheck() -> dict[str, Any] | None:
+            return None if self._placement(address, body, what) == "todo" else _RECHECK
 
         def submit() -> dict[str, Any] | None:
+            placement = self._placement(address, body, what)
+            if placement != "todo":
+                return _DONE if placement == "done" else None
             try:
-                answer = self._api.call(what, post, reserved_ip=address, body=body)
-            except ApiError as exc:
-                if exc.status == 422 and "pending" in exc.api_message.lower():
-                    return None  # an earlier action still runs: submit again once it ends
-                if exc.status != 404:
-                    raise
-                answer = {"id": "not_found"}
-            if is_missing(answer):  # pydo returns the 404 body instead of raising
-                raise ProviderError(
-                    f"{what}: DigitalOcean no longer knows reserved IP {address}",
-                    hint="it was released outside Dynia; run `dynia repair --force` to "
-                    "allocate a new one",
+                answer = self._api.call(
+                    what,
+                    post,
+                    reserved_ip=address,
+                    body=body,
+                    recover=recheck,
+                    refused=refused,
                 )
-            return field(answer, "action", what)
+            except ApiError as exc:
+                return self._after_refusal(address, body, what, exc)
+            if is_missing(answer):  # pydo returns the 404 body instead of raising
+                return self._after_refusal(address, body, what, None)
+            return None if answer is _RECHECK else field(answer, "action", what)
 
         action = self._wait(
             f"reserved IP {address} to accept {body['type']}", self.timeouts.action, submit
         )
-        self._wait_action(action["id"], what)
+        if action is not _DONE:
+            self._wait_action(action["id"], what)
+
+    def _placement(self, address: str, body: dict[str, Any], what: str) -> str:
+        """Where the reserved IP stands for ``body``: "done" when it is where ``body`` wants it,
+        "busy" while an action on it runs, else "todo"."""
+        rip = self._get_reserved_ip(address)
+        if rip is None:
+            raise ReservedIpGone(
+                f"{what}: DigitalOcean no longer knows reserved IP {address}",
+                hint="it was released outside Dynia; run `dynia repair --force` to "
+                "allocate a new one",
+            )
+        if rip.get("locked"):
+            return "busy"
+        holder = (rip["droplet"] or {}).get("id")
+        return "done" if holder == body.get("droplet_id") else "todo"
+
+    def _after_refusal(
+        self, address: str, body: dict[str, Any], what: str, error: ApiError | None
+    ) -> dict[str, Any] | None:
+        """What a refused action means (``error`` None: pydo returned a 404 body).
+
+        _DONE when a lost earlier try did it after all; None to send again once a running
+        action ended; else raises, naming what is missing: the reserved IP or the droplet.
+        """
+        if error is not None and error.status not in (404, 422):
+            raise error
+        if error is not None and "pending" in error.api_message.lower():
+            return None  # an earlier action still runs: submit again once it ends
+        placement = self._placement(address, body, what)  # raises when the address is gone
+        if placement != "todo":
+            return _DONE if placement == "done" else None
+        droplet_id = body.get("droplet_id")
+        if droplet_id is not None and not self._droplet_exists(droplet_id):
+            raise ProviderError(
+                # Worded unlike "reserved IP gone" (callers tell the two apart by the words).
+                f"{what}: droplet {droplet_id} is gone from the DigitalOcean account "
+                "(deleted outside Dynia?)",
+                hint="`dynia cluster show --json` lists each node's provider_id: remove that "
+                "node with `dynia cluster node remove NAME` (add a replacement with `dynia "
+                "cluster node add`), then re-run the command",
+            )
+        if error is None or error.status == 404:
+            raise ProviderError(
+                f"{what}: DigitalOcean answered 404 though reserved IP {address} is on the account",
+                hint="re-run the same command; if it repeats check https://status.digitalocean.com",
+            )
+        raise error
+
+    def _droplet_exists(self, droplet_id: int) -> bool:
+        what = f"reading droplet {droplet_id}"
+        try:
+            body = self._api.call(what, self._client.droplets.get, droplet_id)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return not is_missing(body)
 
     def _wait_action(self, action_id: int, what: str) -> None:
-        def check() -> bool:
-            action = self._api.call(what, self._client.actions.get, action_id)
-            if is_missing(action):
-                raise ProviderError(f"DigitalOcean lost action {action_id} ({what})", hint="re-run")
-            status = field(action, "action", what)["status"]
-            if status == "errored":
-                raise ProviderError(
-                    f"DigitalOcean action {action_id} ({what}) errored",
-                    hint="check the action in the control panel and re-run the same command",
-                )
-            return status == "completed"
-
-        try:
-            self._wait(f"action {action_id} ({what})", self.timeouts.action, check)
-        except ProviderError as exc:
-            if "timed out" not in exc.message:
-                raise
+        if self._action_end(action_id, what) == "errored":
             raise ProviderError(
-                f"DigitalOcean action {action_id} ({what}) did not complete within "
-                f"{self.timeouts.action:.0f}s",
+                f"DigitalOcean action {action_id} ({what}) errored",
+                hint="check the action in the control panel and re-run the same command",
+            )
+
+    def _action_end(self, action_id: int, what: str) -> str:
+        """How action ``action_id`` ended: "completed" or "errored"; bounded by the timeout."""
+
+        def check() -> str | None:
+            body = self._api.call(what, self._client.actions.get, action_id)
+            if is_missing(body):
+                raise ProviderError(
+                    f"DigitalOcean lost action {action_id} ({what})",
+                    hint="re-run the same command",
+                )
+            status = field(body, "action", what).get("status")
+            return status if status in ("completed", "errored") else None
+
+        limit = self.timeouts.action
+        return self._wait(
+            f"action {action_id} ({what})",
+            limit,
+            check,
+            timed_out=ProviderError(
+                f"DigitalOcean action {action_id} ({what}) did not complete within {limit:.0f}s",
                 hint="DigitalOcean may be degraded (https://status.digitalocean.com); "
                 "re-run the same command once the action shows completed",
-            ) from None
+            ),
+        )
 
     def release_reserved_ip(self, cluster: str, ip: ReservedIpInfo) -> None:
         rip = self._get_reserved_ip(ip.address)
         if rip is None:
             return
-        holder = rip.get("droplet")
+        holder = rip["droplet"]
         if holder and f"dynia-cluster-{cluster}" not in (holder.get("tags") or []):
             raise ProviderError(
                 f"reserved IP {ip.address} is assigned to droplet {holder.get('name')}, which is "
@@ -620,6 +775,34 @@ class DigitalOceanNodeProvider:
             return True
 
         self._wait(f"reserved IP {ip.address} to be released", self.timeouts.action, delete)
+
+
+class ReservedIpGone(ProviderError):
+    """The reserved IP an operation needs is no longer on the account."""
+
+
+# What _post_action's submit answers besides an action: the address is already where it should
+# be; or (from the retry's lookup) a lost earlier try was accepted, so read the address again.
+_DONE: dict[str, Any] = {"done": True}
+_RECHECK: dict[str, Any] = {"recheck": True}
+
+
+def _held_by(rips: list[dict[str, Any]], ours: set[int]) -> dict[str, Any] | None:
+    return next((r for r in rips if (r["droplet"] or {}).get("id") in ours), None)
+
+
+def _moving_in(rip: dict[str, Any], region: str) -> bool:
+    """Unassigned and locked in ``region``: e.g. a new address whose assign action runs."""
+    return bool(rip.get("locked")) and not rip["droplet"] and rip["region"].get("slug") == region
+
+
+def _action_ids(made: dict[str, Any]) -> list[int]:
+    """The ids of the actions a create answer links to (``links.actions``)."""
+    links = made.get("links")
+    actions = links.get("actions") if isinstance(links, dict) else None
+    if not isinstance(actions, list):
+        return []
+    return [a["id"] for a in actions if isinstance(a, dict) and isinstance(a.get("id"), int)]
 
 
 def _plan_ip_range(cluster: str, taken: list[str]) -> str:
@@ -648,10 +831,24 @@ def _plan_ip_range(cluster: str, taken: list[str]) -> str:
 
 
 def _address(droplet: dict[str, Any], kind: str) -> str | None:
-    for network in (droplet.get("networks") or {}).get("v4") or []:
-        if network.get("type") == kind:
-            return network.get("ip_address")
+    networks = droplet.get("networks")
+    v4 = networks.get("v4") if isinstance(networks, dict) else None
+    for network in v4 if isinstance(v4, list) else []:
+        if isinstance(network, dict) and network.get("type") == kind:
+            address = network.get("ip_address")
+            return address if isinstance(address, str) else None
     return None
+
+
+def _checked_droplet(droplet: dict[str, Any], what: str) -> dict[str, Any]:
+    """``droplet`` when it has the fields the provider reads, else a ProviderError naming them:
+    a droplet read without its tags would count as not the cluster's."""
+    require(droplet, what, id=int, name=str, status=str, tags=list, region=dict)
+    if not all(isinstance(tag, str) for tag in droplet["tags"]):
+        raise malformed(what, f"droplet {droplet['id']} with tags that are not names")
+    if not isinstance(droplet["region"].get("slug"), str):
+        raise malformed(what, f"droplet {droplet['id']} without a region slug")
+    return droplet
 
 
 def _droplet_id(provider_id: str) -> int:
