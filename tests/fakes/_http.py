@@ -287,9 +287,11 @@ def _make_handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 payload = b"" if response.body is None else json.dumps(response.body).encode()
                 kind = "application/json; charset=utf-8"
             self.send_response(response.status)
-            for name, value in {**fake.common_headers(), **response.headers}.items():
+            headers = {**fake.common_headers(), **response.headers}
+            for name, value in headers.items():
                 self.send_header(name, value)
-            if payload:
+            # An answer's own content-type wins (a malformed answer: JSON cut short as JSON).
+            if payload and not any(name.lower() == "content-type" for name in headers):
                 self.send_header("content-type", kind)
             self.send_header("content-length", str(len(payload)))
             try:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import uuid
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from cryptography import x509
@@ -85,12 +84,6 @@ class FakeCloudflare(FakeApiServer):
         self.origin_root = _origin_root(self._origin_key)
         self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self._register_routes()
-
-    def start(self) -> None:
-        super().start()
-        assert self._server is not None
-        handler = self._server.RequestHandlerClass
-        self._server.RequestHandlerClass = _first_content_type_wins(handler)
 
     @property
     def origin_root_pem(self) -> bytes:
@@ -528,29 +521,6 @@ class FakeCloudflare(FakeApiServer):
             return found
         found["revoked_at"] = found["revoked_at"] or now_iso()
         return Response(200, _envelope({"id": found["id"], "revoked_at": found["revoked_at"]}))
-
-
-def _first_content_type_wins(
-    handler: type[BaseHTTPRequestHandler],
-) -> type[BaseHTTPRequestHandler]:
-    """The shared handler adds a content-type of its own after an answer's headers: a malformed
-    answer's own content-type (e.g. application/json on JSON cut short) must be the one sent."""
-
-    class _Handler(handler):
-        _content_type_sent = False
-
-        def send_header(self, keyword: str, value: str) -> None:
-            if keyword.lower() == "content-type":
-                if self._content_type_sent:
-                    return
-                self._content_type_sent = True
-            super().send_header(keyword, value)
-
-        def end_headers(self) -> None:
-            self._content_type_sent = False
-            super().end_headers()
-
-    return _Handler
 
 
 def _origin_root(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

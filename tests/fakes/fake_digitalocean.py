@@ -54,7 +54,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
 from ._http import FakeApiServer, Fault, Request, Response, now_iso
@@ -356,8 +355,6 @@ class FakeDigitalOcean(FakeApiServer):
     def start(self) -> None:
         super().start()
         assert self._server is not None
-        handler = self._server.RequestHandlerClass
-        self._server.RequestHandlerClass = _first_content_type_wins(handler)
         threading.Thread(target=self._tick, daemon=True).start()
 
     def stop(self) -> None:
@@ -1136,29 +1133,6 @@ class FakeDigitalOcean(FakeApiServer):
         if action is None or action.resource_type != "reserved_ip":
             return self._error(404)
         return Response(200, {"action": self._action_json(action)})
-
-
-def _first_content_type_wins(
-    handler: type[BaseHTTPRequestHandler],
-) -> type[BaseHTTPRequestHandler]:
-    """The shared handler adds a content-type of its own after an answer's headers: a malformed
-    answer's own content-type (e.g. application/json on JSON cut short) must be the one sent."""
-
-    class _Handler(handler):
-        _content_type_sent = False
-
-        def send_header(self, keyword: str, value: str) -> None:
-            if keyword.lower() == "content-type":
-                if self._content_type_sent:
-                    return
-                self._content_type_sent = True
-            super().send_header(keyword, value)
-
-        def end_headers(self) -> None:
-            self._content_type_sent = False
-            super().end_headers()
-
-    return _Handler
 
 
 def _int(value: str) -> int:
