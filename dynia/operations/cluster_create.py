@@ -187,7 +187,11 @@ def _prepare_image(provider: NodeProvider, cluster: Cluster, progress: Progress)
 def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
     """Provision nodes, Reserved IP and the infra layer; set the context. No DNS yet."""
     _validate(request)
-    provider = _ready_provider(ctx, request)  # before the lock: a refusal creates nothing
+    existing = ctx.store.load().clusters.get(request.name)
+    # A cluster already past its plan needs no provider: a re-run only says so.
+    past_plan = existing is not None and existing.status != STATUS_PLANNED
+    # Before the lock: a refusal creates nothing.
+    provider = None if past_plan else _ready_provider(ctx, request)
     progress = ctx.progress
     with ctx.store.transaction("dynia cluster create") as txn:
         _check_node_token(request, txn.state.clusters.get(request.name))
@@ -198,9 +202,10 @@ def create_cluster(ctx: RunContext, request: CreateRequest) -> Cluster:
         if cluster.status != STATUS_PLANNED:
             progress(f"Cluster {cluster.name} is already {cluster.status}; nothing to do.")
             return cluster
-        if provider is None:  # --plan-only
+        if request.plan_only:
             progress(f"Planned cluster {cluster.name} ({request.nodes} nodes); not provisioned.")
             return cluster
+        provider = provider or _ready_provider(ctx, request)  # another run planned it meanwhile
         _prepare_image(provider, cluster, progress)
         infra.provision(ctx, txn, cluster, provider, request.nodes)
         infra.roll_out_infra(ctx, txn, cluster, provider)

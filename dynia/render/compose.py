@@ -17,9 +17,11 @@ import yaml
 from dynia.errors import RenderError, UsageError
 
 LOOPBACK = "127.0.0.1"
-# No compose value needs more: a larger integer cannot even be printed (Python refuses to turn
-# one of over 4,300 digits into text) and is a typo or garbage, never a port, size or count.
-_MAX_INT_BITS = 64
+# Python refuses to turn an integer of over 4,300 decimal digits into text, so a larger one (a
+# YAML 0x or 0b literal may be any size) could not be written to the node's compose file. Smaller
+# ones are left alone: an environment value may be a long id, and a stored service is re-read by
+# every render.
+_MAX_INT_BITS = 14_000  # about 4,200 decimal digits
 # Port numbers have at most five digits; reading more would only find an out-of-range one.
 _PORT_DIGITS = 5
 

@@ -24,7 +24,7 @@ from dynia.files import atomic_write, write_temp
 from dynia.paths import HomeLayout, shipped_dir
 from dynia.ssh import ssh_common_args, ssh_options
 from dynia.state import StateStore
-from dynia.state.models import Cluster, Node
+from dynia.state.models import STATUS_INFRA_READY, Cluster, Node
 
 SSH = shutil.which("ssh")
 needs_ssh = pytest.mark.skipif(SSH is None, reason="needs the OpenSSH client (ssh -G)")
@@ -426,3 +426,16 @@ def test_a_refused_init_leaves_an_existing_home_as_it_was(tmp_path: Path) -> Non
     before = tree(home)
     refused(run_dynia(home, "init", "--image", "debian-11"), 2, "debian-11", "debian-12")
     assert tree(home) == before
+
+
+@pytest.mark.usefixtures("no_do_credentials")
+def test_a_create_re_run_on_a_cluster_past_its_plan_needs_no_credentials(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run_dynia(home, *DO_CREATE, "--plan-only").exit_code == 0
+    with StateStore(home).transaction("test") as txn:
+        txn.state.clusters["p1"].status = STATUS_INFRA_READY
+    before = (home / "state.json").read_bytes()
+    again = run_dynia(home, *DO_CREATE)
+    assert again.exit_code == 0, again.stderr
+    assert "already infra-ready; nothing to do" in again.stdout + again.stderr
+    assert (home / "state.json").read_bytes() == before

@@ -52,3 +52,12 @@ def test_node_compose_publishes_only_on_loopback_at_the_assigned_port() -> None:
     rendered = yaml.safe_load(node_compose(document, "web", 20001, 8080))
     assert rendered["services"]["web"]["ports"] == ["127.0.0.1:20001:8080"]
     assert rendered["services"]["web"]["restart"] == "no"
+
+
+def test_a_long_integer_id_in_the_environment_is_kept_as_written() -> None:
+    # 67 bits: a service deployed with it must go on rendering, as every sync re-reads it.
+    text = "services:\n  web:\n    image: x\n    environment:\n"
+    text += "      ORG_ID: 123456789012345678901\n"
+    document = parse_compose(text)
+    assert document["services"]["web"]["environment"]["ORG_ID"] == 123456789012345678901
+    assert "ORG_ID: 123456789012345678901" in node_compose(document, "web", 20000, 8080)

@@ -570,6 +570,23 @@ def test_notify_master_script_gives_up_when_retry_after_passes_its_bound(
     assert fake.backend.assignments[rip.address] == int(a.provider_id)
 
 
+def test_notify_master_script_does_not_sleep_on_a_retry_after_too_long_to_count(
+    fake: FakeDigitalOcean, move_to_bold_fox: _MoveToBoldFox, tmp_path: Path
+) -> None:
+    # 2**64 - 1 wraps the shell's arithmetic to -1: the bound would pass and sleep forever.
+    rip = move_to_bold_fox.rip
+    script = _render_script(
+        tmp_path, fake, rip.address, move_to_bold_fox.metadata_url, dynia_do_max_wait=5
+    )
+    huge = 18446744073709551615
+    fake.rate_limit(50, path_prefix="/v2/reserved_ips", reset_in=3600, retry_after=huge)
+    started = time.monotonic()
+    refused = _run(script)
+    assert refused.returncode == 1
+    assert time.monotonic() - started < 30
+    assert "past the 5s this script waits in all" in refused.stderr
+
+
 def test_host_key_tag_round_trips(provider: DigitalOceanNodeProvider, key: str) -> None:
     node = provider.create_node(_spec("ash-elk", key))
     kind, blob = node.host_keys[0].split()
