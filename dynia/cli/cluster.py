@@ -234,7 +234,11 @@ def delete_command(
             if keep_dns
             else f"Delete cluster {cluster.name} with {nodes}, {records} and its Reserved IP?"
         )
-        click.confirm(question, abort=True)
+        # "n" is an answer, not an interruption: exit 1, not Ctrl-C's 130 (which the prompt
+        # itself still raises as click's Abort).
+        if not click.confirm(question):
+            click.echo("Nothing deleted.", err=True)
+            raise SystemExit(1)
     kept = cluster_delete.delete_cluster(app.run_context, cluster.name, purge_volumes, keep_dns)
     click.echo(f"Deleted cluster {cluster.name}.")
     for line in kept:

@@ -271,6 +271,8 @@ def drift_report(
             report.entries.append(DriftEntry(node, "*", None, None, detail))
         elif host is None or host.unreachable or not host.ok:
             problem = "unreachable" if host and host.unreachable else "not checked"
+            if host and host.failures:  # why: ssh's "No route to host", a timeout, a task's error
+                problem += f": {host.failures[-1]}"
             report.entries.append(DriftEntry(node, "*", None, None, problem))
     for node, entries in sorted(result.reports.items()):
         for entry in entries:

@@ -97,12 +97,36 @@ def lookup_token(name: str, *, scopes_hint: str) -> Secret:
     ``scopes_hint`` tells the operator what the token must be allowed to do; it goes into the
     error raised when no token is found.
     """
-    value = os.environ.get(name, "").strip()
+    value = os.environ.get(name, "")
+    where = f"export {name}=<token> again"
     if not value:
-        value = _read_credentials(credentials_file()).get(name, "").strip()
+        value = _read_credentials(credentials_file()).get(name, "")
+        where = f"write it again in {credentials_file()}"
     if not value:
         raise ProviderError(
             f"no {name} found in the environment or in {credentials_file()}",
             hint=f"export {name}=<token> or add it to that file (mode 0600); {scopes_hint}",
         )
+    _refuse_stray_characters(name, value, where)
     return Secret(value)
+
+
+# The names of the characters a copy and paste leaves in a token most often.
+_CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+
+
+def _refuse_stray_characters(name: str, value: str, where: str) -> None:
+    """Refuse a token holding whitespace or a control character, at once and by name.
+
+    No token has one; sent on, it makes the HTTP client fail every retry with what reads as a
+    network error. Nothing is stripped: a token changed behind the operator's back is no fix.
+    The token itself is never shown, only the kind of character and its position.
+    """
+    for position, char in enumerate(value, start=1):
+        if char.isspace() or not char.isprintable():
+            other = "a whitespace character" if char.isspace() else "a control character"
+            kind = _CHARACTER_NAMES.get(char, f"{other} (U+{ord(char):04X})")
+            raise ProviderError(
+                f"{name} holds {kind} at character {position} (a copy-paste artifact?)",
+                hint=f"set it again without it: {where}",
+            )

@@ -87,11 +87,28 @@ class StateStore:
             if self.path.is_symlink():
                 raise self._dangling_link() from None
             return None
+        except IsADirectoryError as exc:
+            raise self._directory_in_place() from exc
         except OSError as exc:
             raise StateError(
                 f"cannot read the state file {self.path}: {exc.strerror}",
                 hint="check that it belongs to you and is readable (chmod 600)",
             ) from exc
+
+    def _directory_in_place(self) -> StateError:
+        # No mode makes a directory readable as the state: chmod is no help here.
+        aside = self.path.with_name(f"{self.path.name}.dir")
+        backups = self.backups()
+        then = (
+            f"restore the previous version: cp {backups[0]} {self.path} "
+            f"(.1 is the newest of {len(backups)} in {self.layout.backups_dir})"
+            if backups
+            else f"the next command starts an empty state (no backups in {self.layout.backups_dir})"
+        )
+        return StateError(
+            f"the state file {self.path} is a directory, not a file",
+            hint=f"move it away (mv {self.path} {aside}), then {then}",
+        )
 
     def _dangling_link(self) -> StateError:
         # The link's target is the state the operator keeps (say, in a synced folder that is not
@@ -111,7 +128,7 @@ class StateStore:
             return parse_state(migrate(data))
         except SchemaTooNewError as exc:
             raise StateError(
-                f"the state file {self.path} has {exc}",
+                f"the state file {self.path} cannot be read: its {exc}",
                 hint="upgrade dynia (pip install -U dynia), or restore a backup written by this "
                 f"version; {self._restore_hint()}",
             ) from exc

@@ -45,7 +45,9 @@ def test_help_is_fast_and_lists_every_command(tmp_path: Path) -> None:
         "local",
     ):
         assert command in done.stdout
-    assert elapsed < 0.3, f"dynia --help took {elapsed:.2f}s"
+    # About 0.1 s on an idle machine; the wide bound holds on a busy one, and the import probe
+    # below is what keeps the heavy libraries out.
+    assert elapsed < 1.0, f"dynia --help took {elapsed:.2f}s"
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "dynia.cli", "--help"],
         capture_output=True,

@@ -329,6 +329,9 @@ class InMemoryNodeProvider:
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
         self.journal.append(f"attached to {node_provider_id}")
 
+    def reserved_ip_exists(self, ip: ReservedIpInfo) -> bool:
+        return True  # a VRRP address lives as long as the cluster network
+
     def detach_reserved_ip(self, ip: ReservedIpInfo) -> None: ...
 
     def release_reserved_ip(self, cluster: str, ip: ReservedIpInfo) -> None: ...
@@ -592,7 +595,10 @@ def test_drift_check_reports_drift_and_unreachable_nodes_and_changes_nothing(rig
     assert rig.runner.calls() == [("drift-check.yml", None)]
     assert rig.runner.runs[0].hosts == ["amber-elk", "misty-owl", "quiet-fox"]  # not serial
     found = {(e.node, e.path, e.detail) for e in report.entries}
-    assert found == {("misty-owl", DRIFTED["path"], ""), ("quiet-fox", "*", "not checked")}
+    assert found == {
+        ("misty-owl", DRIFTED["path"], ""),
+        ("quiet-fox", "*", "not checked: a task: health check failed"),
+    }
     assert rig.ctx.store.path.read_bytes() == before
 
 
