@@ -9,7 +9,6 @@ from dynia.operations import certificates, rollout
 from dynia.operations.clusters import get_cluster
 from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers import dns_provider_for
 from dynia.providers.base import ReservedIpInfo
 from dynia.state import Transaction
 from dynia.state.models import Cluster
@@ -88,7 +87,7 @@ def _delete_dns_records(ctx: RunContext, txn: Transaction, cluster: Cluster) -> 
         return
     domain = ""
     try:
-        dns = dns_provider_for(cluster, ctx.layout)
+        dns = ctx.dns_provider(cluster)
         for domain in sorted(cluster.routes):
             ctx.progress(f"Deleting DNS record {domain}")
             dns.delete_a_record(domain)

@@ -31,7 +31,6 @@ from dynia.operations.deploy_config import render_cluster
 from dynia.operations.images import ImageTransfer
 from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize
 from dynia.operations.run_context import RunContext
-from dynia.providers import dns_provider_for
 from dynia.render.compose import inspect_compose, parse_compose
 from dynia.runner import PlaybookResult
 from dynia.state import Transaction
@@ -282,7 +281,7 @@ def deploy_service(ctx: RunContext, request: DeployRequest) -> DeployOutcome:
         if domain:
             # Before the certificate and the nodes: a refusal here leaves both as they are.
             _check_route_free(txn.state, cluster, domain, request.name)
-        dns = dns_provider_for(cluster, layout) if domain else None
+        dns = ctx.dns_provider(cluster) if domain else None
         if domain and dns:
             dns.find_zone(domain)
         service = _build_service(cluster, request, ctx.images)
@@ -380,7 +379,7 @@ def bind_route(
             )
         # Before the certificate and the nodes: a refusal here leaves both as they are.
         _check_route_free(txn.state, cluster, domain, service_name)
-        dns = dns_provider_for(cluster, ctx.layout)
+        dns = ctx.dns_provider(cluster)
         dns.find_zone(domain)
         previous = copy.deepcopy(cluster)
         route = cluster.routes.setdefault(domain, Route(domain=domain, service=service_name))
@@ -412,19 +411,19 @@ def unbind_route(ctx: RunContext, domain_value: str) -> None:
                 f"{domain} is not bound in cluster {cluster.name!r}",
                 hint=f"bound domains: {', '.join(sorted(cluster.routes)) or 'none'}",
             )
-        dns = dns_provider_for(cluster, ctx.layout)
+        dns = ctx.dns_provider(cluster)
         ctx.progress(f"Deleting DNS record {domain}")
         dns.delete_a_record(domain)
         cluster.routes[domain].dns_record_id = None
         txn.save()
         previous = copy.deepcopy(cluster)
         del cluster.routes[domain]
+        watch = _RollWatch(ctx)
 
         def change() -> None:
-            rollout.sync_and_verify(ctx, cluster, persist=txn.save)
+            rollout.sync_and_verify(watch.ctx, cluster, persist=txn.save)
 
-        left = _apply_or_restore(
-            ctx, txn, cluster, previous, change, what=f"the removal of route {domain}"
-        )
+        what = f"the removal of route {domain}"
+        left = _apply_or_restore(ctx, txn, cluster, previous, change, what=what, watch=watch)
         if left:
             raise left

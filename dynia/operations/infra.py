@@ -14,8 +14,8 @@ from dynia.errors import ProviderError, UsageError
 from dynia.operations import certificates, host_keys, rollout
 from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers import dns_provider_for, node_provider_traits
-from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpInfo
+from dynia.providers import node_provider_traits
+from dynia.providers.base import NodeProvider, NodeSpec, ReservedIpGoneError, ReservedIpInfo
 from dynia.runner import PlaybookResult
 from dynia.state import Transaction
 from dynia.state.models import (
@@ -259,10 +259,9 @@ def attach_reserved_ip(
         info = ReservedIpInfo(cluster.reserved_ip.address, cluster.reserved_ip.provider_id)
         try:
             provider.attach_reserved_ip(info, master.provider_id)
-        except ProviderError as error:
-            if _reports_gone(error, info.address):
-                raise ReservedIpGoneError(info.address, provider.name) from error
-            raise
+        except ReservedIpGoneError as error:
+            # The provider says what it was doing; the operator needs the way out.
+            raise reserved_ip_gone(info.address, provider.name) from error
     cluster.reserved_ip.attached_to = master.name
     ctx.probe.wait_for_reserved_ip(cluster)
     cluster.mark_step(STEP_ATTACH)
@@ -270,28 +269,27 @@ def attach_reserved_ip(
     ctx.progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
 
 
-class ReservedIpGoneError(ProviderError):
-    """The provider no longer has the cluster's Reserved IP: it was released outside Dynia."""
-
-    def __init__(self, address: str, provider: str) -> None:
-        super().__init__(
-            f"Reserved IP {address} no longer exists on the {provider} account (released "
-            "outside Dynia)",
-            hint="run `dynia repair --force`: it allocates a new Reserved IP, rolls it out to "
-            "the nodes and points the routes' DNS records at it. The address changes: update "
-            f"any DNS record or allow-list outside Dynia that names {address}",
-        )
-        self.address = address
+def reserved_ip_gone(address: str, provider: str) -> ReservedIpGoneError:
+    """The error a command that needs the Reserved IP stops with when the account lost it."""
+    return ReservedIpGoneError(
+        address,
+        f"Reserved IP {address} no longer exists on the {provider} account (released "
+        "outside Dynia)",
+        hint="run `dynia repair --force`: it allocates a new Reserved IP, rolls it out to "
+        "the nodes and points the routes' DNS records at it. The address changes: update "
+        f"any DNS record or allow-list outside Dynia that names {address}",
+    )
 
 
-# The NodeProvider protocol has neither a typed error nor a read-only lookup for an address
-# released outside Dynia; the DigitalOcean provider says it in these words (on the read before an
-# assign, and on an assign that raced with the release).
-_GONE_WORDS = ("no longer exists", "no longer knows")
+def lost_reserved_ip(cluster: Cluster, provider: NodeProvider) -> str | None:
+    """The cluster's Reserved IP when the provider's account no longer has it, else None.
 
-
-def _reports_gone(error: ProviderError, address: str) -> bool:
-    return address in error.message and any(words in error.message for words in _GONE_WORDS)
+    Read-only: asks the provider, changes nothing.
+    """
+    rip = cluster.reserved_ip
+    if rip is None or provider.reserved_ip_exists(ReservedIpInfo(rip.address, rip.provider_id)):
+        return None
+    return rip.address
 
 
 @dataclass(frozen=True)
@@ -330,11 +328,24 @@ def replace_reserved_ip(
 ) -> PlaybookResult:
     """Allocate a Reserved IP in place of one the account lost; roll it out to ``answering``.
 
-    The new address is recorded the moment it exists, so a run cut short finds it in state
-    instead of leaking it. The nodes name the address in their files (HAProxy's internal
-    sources, keepalived's VIP or the notify-master script), hence the re-render and the roll.
-    Attaching it and the DNS records come after (``attach_reserved_ip``,
-    ``point_dns_at_replaced_reserved_ip``).
+    The nodes name the address in their files (HAProxy's internal sources, keepalived's VIP
+    or the notify-master script), hence the re-render and the roll. Attaching it and the DNS
+    records come after (``attach_reserved_ip``, ``point_dns_at_replaced_reserved_ip``).
+    """
+    allocate_replacement_reserved_ip(ctx, txn, cluster, provider)
+    ctx.progress("Re-rendering deploy-config and rolling the new address out to the nodes")
+    limit = ",".join(answering) if unanswered else None
+    states = rollout.server_states(cluster, answering, unanswered)
+    return rollout.render_and_sync(ctx, cluster, limit=limit, states=states)
+
+
+def allocate_replacement_reserved_ip(
+    ctx: RunContext, txn: Transaction, cluster: Cluster, provider: NodeProvider
+) -> None:
+    """Allocate a Reserved IP in place of one the account lost, and record it in state.
+
+    Recorded the moment it exists, so a run cut short finds it in state instead of leaking
+    it; the roll that carries it to the nodes is the caller's.
     """
     assert cluster.reserved_ip is not None
     old = cluster.reserved_ip.address
@@ -344,10 +355,6 @@ def replace_reserved_ip(
     cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
     txn.save()
     ctx.progress(f"Reserved IP {info.address} allocated in {cluster.region} in place of {old}")
-    ctx.progress("Re-rendering deploy-config and rolling the new address out to the nodes")
-    limit = ",".join(answering) if unanswered else None
-    states = rollout.server_states(cluster, answering, unanswered)
-    return rollout.render_and_sync(ctx, cluster, limit=limit, states=states)
 
 
 def replaced_from(cluster: Cluster) -> str | None:
@@ -373,7 +380,7 @@ def point_dns_at_replaced_reserved_ip(
     new = cluster.reserved_ip.address
     published = sorted(d for d, route in cluster.routes.items() if route.dns_record_id)
     if published:
-        dns = dns_provider_for(cluster, ctx.layout)
+        dns = ctx.dns_provider(cluster)
         for domain in published:
             ctx.progress(f"DNS: {domain} -> {new} (was {old})")
             try:

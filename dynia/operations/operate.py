@@ -15,7 +15,7 @@ from dynia.operations.clusters import (
 from dynia.operations.deploy_config import render_cluster
 from dynia.operations.rollout import ONE_AT_A_TIME, BatchSize, DriftReport
 from dynia.operations.run_context import RunContext
-from dynia.providers.base import NodeProvider
+from dynia.providers.base import NodeProvider, ReservedIpGoneError
 from dynia.state import Transaction
 from dynia.state.models import Cluster
 
@@ -63,26 +63,65 @@ class RepairPlan:
     actions: list[str]
 
 
+class ReservedIpLostError(ReservedIpGoneError):
+    """`repair --check-only`'s answer when the account lost the Reserved IP: a non-zero exit
+    that names it first; ``plan`` holds every planned action."""
+
+    def __init__(self, address: str, lost: str, plan: RepairPlan) -> None:
+        others = [action for action in plan.actions if action != lost]
+        also = f"`dynia repair --force` would also: {'; '.join(others)}" if others else None
+        super().__init__(address, lost, hint=also)
+        self.plan = plan
+
+
 def plan_repair(ctx: RunContext) -> RepairPlan:
-    """What `repair --force` would do, found without changing anything."""
+    """What `repair --force` would do, found without changing anything.
+
+    A Reserved IP the account no longer has raises ReservedIpLostError (with the plan): the
+    check must not pass while the cluster's address is gone.
+    """
     state = ctx.store.load()
     cluster = get_cluster(state, resolve_cluster_name(state, ctx.cluster_option))
     require_provisioned(cluster)
     report = rollout.compare_nodes(ctx, cluster)
     actions = [f"re-sync {e.node}: {e.path}" for e in report.entries]
-    try:
-        ctx.probe.wait_for_reserved_ip(cluster, timeout=3)
-        answers = True
-    except Exception:  # any failure to answer means the IP needs re-attaching
-        answers = False
-        actions.append("re-attach the Reserved IP to a healthy MASTER")
+    provider = ctx.node_provider(cluster)
+    lost = infra.lost_reserved_ip(cluster, provider)
+    lost_action = _lost_reserved_ip_action(lost, provider) if lost is not None else ""
+    answers = False
+    if lost is not None:  # nothing can answer on it: no probe
+        actions.append(lost_action)
+    else:
+        try:
+            ctx.probe.wait_for_reserved_ip(cluster, timeout=3)
+            answers = True
+        except Exception:  # any failure to answer means the IP needs re-attaching
+            actions.append("re-attach the Reserved IP to a healthy MASTER")
     replaced = infra.replaced_from(cluster)
     if replaced is not None and cluster.reserved_ip is not None:
         actions.append(
             f"point the routes' DNS records at {cluster.reserved_ip.address}, the Reserved IP "
             f"that replaced {replaced} (an earlier repair stopped before it)"
         )
-    return RepairPlan(report, answers, actions)
+    plan = RepairPlan(report, answers, actions)
+    if lost is not None:
+        raise ReservedIpLostError(lost, lost_action, plan)
+    return plan
+
+
+def _lost_reserved_ip_action(address: str, provider: NodeProvider) -> str:
+    """What a repair does about a Reserved IP the account lost."""
+    if provider.reserved_ip_mode == "api":
+        return (
+            f"reserved IP {address} no longer exists on the account: `dynia repair --force` "
+            "allocates a new one (the address changes)"
+        )
+    # A VRRP address is the cluster network's: it went with that network, and with the nodes'
+    # addresses on it, so a new one would reach no node.
+    return (
+        f"reserved IP {address} no longer exists: the cluster network that carried it is gone, "
+        "and the nodes' addresses with it; delete the cluster and create it again"
+    )
 
 
 @dataclass
@@ -99,6 +138,7 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> RepairReport:
         require_provisioned(cluster)
         plan = rollout.batch_plan(batch, len(cluster.nodes))
         provider = ctx.node_provider(cluster)
+        _replace_lost_reserved_ip(ctx, txn, cluster, provider)  # before the render and the roll
         ctx.progress("Re-rendering deploy-config")
         render_cluster(ctx.layout, cluster)
         ctx.progress(
@@ -115,6 +155,7 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> RepairReport:
         txn.save()
         # Restarting keepalived everywhere may have moved the MASTER role.
         infra.record_elected_master(ctx, txn, cluster)
+        # Released between the check above and now: replaced with a second roll.
         rolled_again = _attach_or_replace_reserved_ip(
             ctx, txn, cluster, provider, answering, unanswered
         )
@@ -123,6 +164,23 @@ def repair(ctx: RunContext, batch: BatchSize = ONE_AT_A_TIME) -> RepairReport:
         # Also finishes a replacement an earlier repair made but was cut short before DNS.
         change = infra.point_dns_at_replaced_reserved_ip(ctx, txn, cluster)
         return RepairReport(report.nodes, report.entries, reserved_ip_change=change)
+
+
+def _replace_lost_reserved_ip(
+    ctx: RunContext, txn: Transaction, cluster: Cluster, provider: NodeProvider
+) -> None:
+    """Allocate a Reserved IP in place of one the account lost, before the render: the one
+    roll of the repair then carries the new address to the nodes."""
+    lost = infra.lost_reserved_ip(cluster, provider)
+    if lost is None:
+        return
+    if provider.reserved_ip_mode != "api":
+        raise ReservedIpGoneError(lost, _lost_reserved_ip_action(lost, provider))
+    ctx.progress(
+        f"Reserved IP {lost} no longer exists on the {provider.name} account: allocating a new "
+        "one; the address will change"
+    )
+    infra.allocate_replacement_reserved_ip(ctx, txn, cluster, provider)
 
 
 def _attach_or_replace_reserved_ip(
@@ -138,7 +196,7 @@ def _attach_or_replace_reserved_ip(
     try:
         infra.attach_reserved_ip(ctx, txn, cluster, provider)
         return None
-    except infra.ReservedIpGoneError as gone:
+    except ReservedIpGoneError as gone:
         ctx.progress(f"{gone.message}: allocating a new one; the address will change")
     result = infra.replace_reserved_ip(ctx, txn, cluster, provider, answering, unanswered)
     report = rollout.compared_by_sync(cluster, result, unanswered) or rollout.compare_nodes(

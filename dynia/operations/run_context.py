@@ -17,8 +17,8 @@ from dynia.operations import Progress
 from dynia.operations.images import ControllerImages, ImageTransfer
 from dynia.operations.probe import LiveProbe, NodeProbe
 from dynia.paths import HomeLayout
-from dynia.providers import get_node_provider
-from dynia.providers.base import NodeProvider
+from dynia.providers import dns_provider_for, get_node_provider
+from dynia.providers.base import DnsProvider, NodeProvider
 from dynia.runner.protocol import PlaybookRunner
 from dynia.state import StateStore
 from dynia.state.models import Cluster
@@ -45,6 +45,10 @@ class RunContext:
 
     def node_provider(self, cluster: Cluster) -> NodeProvider:
         return self.node_providers(cluster.node_provider, self.layout)
+
+    def dns_provider(self, cluster: Cluster) -> DnsProvider:
+        """The cluster's DNS provider, its notices (retries, a zone gone) on this run's progress."""
+        return dns_provider_for(cluster, self.layout, self.progress)
 
     def without_live_progress(self) -> RunContext:
         """The same context with no per-node event display (read-only checks stay quiet)."""

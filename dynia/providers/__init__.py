@@ -7,6 +7,7 @@ without loading pydo or cloudflare, which keeps commands that do not talk to a c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -93,10 +94,18 @@ def get_node_provider(name: str, layout: HomeLayout) -> NodeProvider:
 LOCAL_DEFAULT_ZONES = ["test"]
 
 
-def get_dns_provider(name: str, layout: HomeLayout, *, proxied: bool = False) -> DnsProvider:
+def get_dns_provider(
+    name: str,
+    layout: HomeLayout,
+    *,
+    proxied: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DnsProvider:
     """The named DNS provider; its SDK is imported only now.
 
     ``proxied``: records go through the provider's edge (Cloudflare); refused by the local one.
+    ``progress``: the run's progress lines, where the provider's notices (retries, a zone no
+    longer there) reach the operator; without it they go to Python logging only.
     """
     if check_dns_provider(name) == "local":
         if proxied:
@@ -110,12 +119,16 @@ def get_dns_provider(name: str, layout: HomeLayout, *, proxied: bool = False) ->
         return LocalDnsProvider(layout, zones=zones or LOCAL_DEFAULT_ZONES)
     from dynia.providers.cloudflare import CloudflareDnsProvider
 
-    return CloudflareDnsProvider(proxied=proxied)
+    return CloudflareDnsProvider(proxied=proxied, progress=progress)
 
 
-def dns_provider_for(cluster: Cluster, layout: HomeLayout) -> DnsProvider:
+def dns_provider_for(
+    cluster: Cluster, layout: HomeLayout, progress: Callable[[str], None] | None = None
+) -> DnsProvider:
     """The cluster's DNS provider, writing records as its settings say (proxied or not)."""
-    return get_dns_provider(cluster.dns_provider, layout, proxied=cluster.settings.dns_proxied)
+    return get_dns_provider(
+        cluster.dns_provider, layout, proxied=cluster.settings.dns_proxied, progress=progress
+    )
 
 
 def _config_value(layout: HomeLayout, key: str) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from dynia.errors import ProviderError
+
 
 @dataclass(frozen=True)
 class NetworkInfo:
@@ -44,6 +46,19 @@ class ReservedIpInfo:
     provider_id: str
 
 
+class ReservedIpGoneError(ProviderError):
+    """The account no longer has the Reserved IP: it was released outside Dynia.
+
+    Part of the protocol: ``attach_reserved_ip`` raises it, so callers tell a lost address from
+    any other failure by its type, never by the words of the message. The message is the
+    provider's own (what it was doing); ``address`` names the lost address.
+    """
+
+    def __init__(self, address: str, message: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message or f"Reserved IP {address} no longer exists on the account", hint)
+        self.address = address
+
+
 @runtime_checkable
 class NodeProvider(Protocol):
     name: str
@@ -75,7 +90,13 @@ class NodeProvider(Protocol):
 
     def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo: ...
 
-    def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None: ...
+    def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
+        """Put the address on the node; ReservedIpGoneError when the account no longer has it."""
+        ...
+
+    def reserved_ip_exists(self, ip: ReservedIpInfo) -> bool:
+        """Whether the account still has the address; reads only, changes nothing."""
+        ...
 
     def detach_reserved_ip(self, ip: ReservedIpInfo) -> None: ...
 

@@ -295,18 +295,14 @@ class CloudflareDnsProvider:
     def delete_a_record(self, domain: str) -> None:
         """Delete the A records Dynia made for ``domain``.
 
-        A zone that is gone took its records with it: that counts as deleted, as a record
-        already gone does, so an unbind or a cluster delete is not blocked by it.
+        A zone the token cannot see is an error, not "nothing to delete": the token may have
+        lost access to a zone whose record still points at the cluster's address, and that
+        address is released next (whoever gets it would receive the domain's traffic).
+        ``cluster delete --keep-dns`` is the way past it. A zone deleted between its lookup and
+        the record listing took its records with it.
         """
         domain = domain.strip().lower().rstrip(".")
-        zone = _zone_of(self._api, domain)
-        if zone is None:
-            self._api.progress(
-                f"No Cloudflare zone the token can see holds {domain}: no record to delete "
-                "(if the zone exists but the token cannot see it, delete the record in the "
-                "Cloudflare dashboard)"
-            )
-            return
+        zone = _find_zone(self._api, domain)
         for record in self._a_records(zone, domain, zone_may_be_gone=True):
             if (record.comment or "") != MANAGED_COMMENT:
                 continue  # not made by dynia: leave it alone

@@ -458,6 +458,29 @@ def test_haproxy_stopped_on_the_master_fails_no_request(cluster: Cluster) -> Non
     assert not timeline.failed
 
 
+def test_a_master_cut_off_fails_only_requests_of_its_first_second_and_comes_back_as_backup(
+    cluster: Cluster,
+) -> None:
+    """The MASTER's link goes down for 5 s, then up: a partition, not a crash. Its keepalived
+    still runs and holds the address on its side; when the link returns there are two MASTERs
+    for a moment, and the address must stay with the node that took it over."""
+    master = cluster.holder()
+    timeline = measure(
+        cluster, "network down on the MASTER for 5 s",
+        lambda: cluster.node_exec(master, "ip link set eth0 down"), hold=5,
+        recover=lambda: cluster.node_exec(master, "ip link set eth0 up"),
+    )  # fmt: skip
+    time.sleep(2)  # time enough for the two MASTERs to settle
+    late_failures = [o for o in timeline.failed if o.started > timeline.fault_at + 1.0]
+    assert not late_failures, [o.error for o in late_failures]
+    holders = [
+        node
+        for node in cluster.nodes
+        if f" {cluster.reserved_ip}/" in cluster.node_exec(node, "ip -4 -o addr show")
+    ]
+    assert len(holders) == 1 and holders[0] != master, holders
+
+
 def test_a_killed_master_fails_only_requests_of_its_first_second(cluster: Cluster) -> None:
     master = cluster.holder()
     moved_after: list[float] = []

@@ -26,7 +26,7 @@ from sample_state import WEB_COMPOSE, sample_cluster, save_sample
 
 from dynia.errors import RunnerError, StateError, UsageError
 from dynia.operations import certificates
-from dynia.operations.deploy import DeployRequest, bind_route, deploy_service
+from dynia.operations.deploy import DeployRequest, bind_route, deploy_service, unbind_route
 from dynia.operations.images import resolve_images
 from dynia.operations.rollout import BatchSize, parse_batch
 from dynia.paths import HomeLayout
@@ -216,6 +216,33 @@ def test_route_bind_whose_check_after_the_roll_cannot_run_takes_the_route_off_th
     assert "api.demo.test" not in rig.deployed("caddy/misty-owl.Caddyfile")
     assert "api.demo.test" not in rig.cluster().routes
     assert served(dns, "api.demo.test") == []
+
+
+def test_route_unbind_whose_check_after_the_roll_cannot_run_puts_the_route_back_on_the_nodes(
+    rig: Rig, dns: LocalDnsProvider
+) -> None:
+    # The sync leaves a node uncompared, so drift-check runs after it - and cannot start.
+    rig.runner.uncompared = {"quiet-fox"}
+
+    def broken_setup(run: Run) -> None:
+        raise RunnerError("could not run drift-check.yml: ansible-playbook not found")
+
+    rig.runner.after["drift-check.yml"] = broken_setup
+    rig.runner.watch = ["caddy/misty-owl.Caddyfile"]
+
+    with pytest.raises(RunnerError, match="could not run drift-check"):
+        unbind_route(rig.ctx, "web.demo.test")
+
+    every = "amber-elk,misty-owl,quiet-fox"
+    assert rig.runner.calls() == [
+        ("sync.yml", None),
+        ("drift-check.yml", None),
+        ("sync.yml", every),  # without it the nodes went on without the route state keeps
+    ]
+    assert "web.demo.test" in rig.runner.seen["caddy/misty-owl.Caddyfile"]  # the restore shipped
+    assert "web.demo.test" in rig.deployed("caddy/misty-owl.Caddyfile")
+    assert "web.demo.test" in rig.cluster().routes
+    assert "Rollout stopped; the previous version is serving on every node." in rig.progress
 
 
 # --- integers too long to read -----------------------------------------------------------------

@@ -28,10 +28,12 @@ from dynia.operations import certificates, cluster_nodes, infra, operate
 from dynia.operations.deploy_config import render_cluster
 from dynia.paths import HomeLayout
 from dynia.providers import dns_provider_for
-from dynia.providers.base import NodeSpec
+from dynia.providers.base import NodeSpec, ReservedIpGoneError, ReservedIpInfo
 from dynia.providers.digitalocean.api import RetryPolicy
 from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider, Timeouts
 from dynia.providers.local.dns import LocalDnsProvider
+from dynia.providers.local.engine import Docker
+from dynia.providers.local.nodes import LocalNodeProvider
 from dynia.state.models import ReservedIp
 
 # The fixture that leaves the config checkers off PATH (a render without them is quick).
@@ -123,10 +125,19 @@ def _rendered_files_naming(rig: Rig, address: str) -> list[str]:
     )
 
 
+def _deployed_when_repair_yml_ran(rig: Rig) -> dict[str, str]:
+    """The files of NAMING_THE_ADDRESS as deploy-config held them while repair.yml ran."""
+    seen: dict[str, str] = {}
+    rig.runner.after["repair.yml"] = lambda run: seen.update(
+        {name: rig.deployed(name) for name in NAMING_THE_ADDRESS}
+    )
+    return seen
+
+
 def test_repair_force_replaces_a_reserved_ip_the_account_lost(do_rig: DoRig) -> None:
     rig, fake, old = do_rig.rig, do_rig.fake, do_rig.old
     do_rig.lose_the_reserved_ip()
-    rig.runner.watch = NAMING_THE_ADDRESS
+    shipped = _deployed_when_repair_yml_ran(rig)
 
     report = operate.repair(rig.ctx)
 
@@ -139,13 +150,12 @@ def test_repair_force_replaces_a_reserved_ip_the_account_lost(do_rig: DoRig) -> 
     assert fake.reserved_ips[new]["droplet_id"] == do_rig.master_droplet()
     assert fake.reserved_ips[new]["region"] == "fra1"
     assert cluster.reserved_ip.attached_to == cluster.master.name
-    # The nodes were given the re-rendered files before the address was attached and checked.
-    assert rig.journal[-2:] == [
-        "sync.yml all",
-        f"reserved IP checked, MASTER {cluster.master.name}",
-    ]
+    # Replaced before the render: the repair's one roll gave the nodes the new address, then
+    # it was attached and checked (a second roll, sync.yml, once followed the first).
+    assert [call for call, _ in rig.runner.calls()] == ["repair.yml", "drift-check.yml"]
+    assert rig.journal[-1] == f"reserved IP checked, MASTER {cluster.master.name}"
     for name in NAMING_THE_ADDRESS:
-        assert new in rig.runner.seen[name] and old not in rig.runner.seen[name], name
+        assert new in shipped[name] and old not in shipped[name], name
     assert _rendered_files_naming(rig, old) == []
     assert "cluster-metadata.json" in _rendered_files_naming(rig, new)
     # The routes' DNS records follow; nothing is left pending.
@@ -179,7 +189,7 @@ def test_repair_cut_short_after_the_allocation_keeps_the_address_and_finishes(
 ) -> None:
     rig, fake, old = do_rig.rig, do_rig.fake, do_rig.old
     do_rig.lose_the_reserved_ip()
-    rig.runner.interrupt = "sync.yml"  # Ctrl-C during the roll of the new address
+    rig.runner.interrupt = "repair.yml"  # Ctrl-C during the roll of the new address
 
     with pytest.raises(KeyboardInterrupt):
         operate.repair(rig.ctx)
@@ -192,6 +202,7 @@ def test_repair_cut_short_after_the_allocation_keeps_the_address_and_finishes(
     assert served(do_rig.dns, DOMAIN) == [old]
     plan = operate.plan_repair(rig.ctx)
     assert any(f"DNS records at {new}" in action for action in plan.actions)
+    assert rig.runner.calls()[-1] == ("drift-check.yml", None)
 
     report = operate.repair(rig.ctx)
 
@@ -217,7 +228,7 @@ def test_a_command_without_force_names_the_lost_address_and_repair_force(do_rig:
     rig, fake, old = do_rig.rig, do_rig.fake, do_rig.old
     do_rig.lose_the_reserved_ip()
 
-    with pytest.raises(infra.ReservedIpGoneError) as raised:
+    with pytest.raises(ReservedIpGoneError) as raised:
         cluster_nodes.activate_node(rig.ctx, "quiet-fox")
 
     assert isinstance(raised.value, ProviderError) and raised.value.exit_code == 5
@@ -237,3 +248,92 @@ def test_plain_repair_exits_non_zero_naming_force_and_what_it_replaces(tmp_path:
     assert done.exit_code == 2
     assert "--force" in done.stderr
     assert "replace it when it no longer exists" in done.stderr
+
+
+def test_repair_check_only_names_the_lost_reserved_ip_and_exits_non_zero(
+    do_rig: DoRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig, fake, old = do_rig.rig, do_rig.fake, do_rig.old
+    do_rig.lose_the_reserved_ip()
+    before = rig.ctx.store.path.read_bytes()
+    # The command's one context is the rig's (doubles of the runner and probes).
+    monkeypatch.setattr(AppContext, "run_context", property(lambda app: rig.ctx))
+
+    done = run_dynia(rig.home, "repair", "--check-only")
+
+    assert done.exit_code == 5, done.stdout
+    assert (
+        f"Error: reserved IP {old} no longer exists on the account: `dynia repair --force` "
+        "allocates a new one (the address changes)"
+    ) in done.stderr
+    assert "re-attach" not in done.stderr  # re-attaching cannot bring it back
+    assert fake.reserved_ips == {}  # a check allocates nothing
+    assert rig.ctx.store.path.read_bytes() == before
+    assert [call for call, _ in rig.runner.calls()] == ["drift-check.yml"]
+
+
+def test_repair_check_only_with_the_reserved_ip_in_place_passes(
+    do_rig: DoRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AppContext, "run_context", property(lambda app: do_rig.rig.ctx))
+
+    done = run_dynia(do_rig.rig.home, "repair", "--check-only")
+
+    assert done.exit_code == 0, done.stderr
+    assert "- nothing to repair" in done.stdout
+    assert done.stderr == ""
+
+
+def test_the_digitalocean_provider_reads_whether_the_reserved_ip_exists(do_rig: DoRig) -> None:
+    fake, old = do_rig.fake, do_rig.old
+    provider = _provider(fake)
+    info = ReservedIpInfo(old, old)
+    posts = len(fake.statuses("/v2/reserved_ips", "POST"))
+    assert provider.reserved_ip_exists(info)
+
+    do_rig.lose_the_reserved_ip()
+
+    assert not provider.reserved_ip_exists(info)
+    assert fake.statuses(f"/v2/reserved_ips/{old}", "GET")[-1] == 404
+    assert len(fake.statuses("/v2/reserved_ips", "POST")) == posts  # it only reads
+    with pytest.raises(ReservedIpGoneError) as gone:  # the same, by type, on an assign
+        provider.attach_reserved_ip(info, str(do_rig.master_droplet()))
+    assert gone.value.address == old
+
+
+def _fake_docker(tmp_path: Path, networks: dict[str, str]) -> Docker:
+    """A `docker` that knows only ``networks`` (name -> subnet), for `docker network inspect`."""
+    import json
+    import sys
+
+    answers = {
+        name: {"Name": name, "IPAM": {"Config": [{"Subnet": subnet, "Gateway": ""}]}}
+        for name, subnet in networks.items()
+    }
+    tmp_path.mkdir()
+    script = tmp_path / "docker"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"known = json.loads({json.dumps(json.dumps(answers))})\n"
+        "found = [known[n] for n in sys.argv[3:] if n in known]\n"
+        "print(json.dumps(found))\n"
+        "sys.exit(0 if found else 1)\n"
+    )
+    script.chmod(0o755)
+    return Docker(binary=str(script))
+
+
+def test_the_local_reserved_ip_exists_while_its_cluster_network_holds_it(tmp_path: Path) -> None:
+    info = ReservedIpInfo("10.213.4.250", "vrrp:dynia-demo:10.213.4.250")
+    there = LocalNodeProvider(docker=_fake_docker(tmp_path / "a", {"dynia-demo": "10.213.4.0/24"}))
+    remade = LocalNodeProvider(docker=_fake_docker(tmp_path / "b", {"dynia-demo": "10.213.9.0/24"}))
+    gone = LocalNodeProvider(docker=_fake_docker(tmp_path / "c", {}))
+
+    assert there.reserved_ip_exists(info)
+    there.attach_reserved_ip(info, "demo-misty-owl")  # keepalived moves it: nothing to do
+    assert not remade.reserved_ip_exists(info)  # a network made again has another subnet
+    assert not gone.reserved_ip_exists(info)
+    with pytest.raises(ReservedIpGoneError) as raised:
+        gone.attach_reserved_ip(info, "demo-misty-owl")
+    assert "dynia-demo" in raised.value.message and "create it again" in (raised.value.hint or "")

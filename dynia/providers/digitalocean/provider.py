@@ -47,7 +47,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dynia.errors import ProviderError
-from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
+from dynia.providers.base import (
+    NetworkInfo,
+    NodeSpec,
+    ProvisionedNode,
+    ReservedIpGoneError,
+    ReservedIpInfo,
+)
 from dynia.providers.credentials import Secret
 from dynia.providers.digitalocean.api import (
     QUOTA_HINT,
@@ -581,7 +587,7 @@ class DigitalOceanNodeProvider:
             ends = [self._action_end(action_id, what) for action_id in _action_ids(made)]
             if not ends or "errored" in ends:
                 self._post_action(address, {"type": "assign", "droplet_id": target})
-        except ReservedIpGone:
+        except ReservedIpGoneError:
             raise
         except ProviderError as exc:
             self._api.progress(
@@ -601,6 +607,10 @@ class DigitalOceanNodeProvider:
             return None
         rip = field(body, "reserved_ip", what)
         return require(rip, what, ip=str, region=dict, droplet=(dict, type(None)))
+
+    def reserved_ip_exists(self, ip: ReservedIpInfo) -> bool:
+        """GET /v2/reserved_ips/{ip}: a 404 means the account no longer has it."""
+        return self._get_reserved_ip(ip.address) is not None
 
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
         target = _droplet_id(node_provider_id)
@@ -661,7 +671,8 @@ class DigitalOceanNodeProvider:
         "busy" while an action on it runs, else "todo"."""
         rip = self._get_reserved_ip(address)
         if rip is None:
-            raise ReservedIpGone(
+            raise ReservedIpGoneError(
+                address,
                 f"{what}: DigitalOcean no longer knows reserved IP {address}",
                 hint="it was released outside Dynia; run `dynia repair --force` to "
                 "allocate a new one",
@@ -689,7 +700,7 @@ class DigitalOceanNodeProvider:
         droplet_id = body.get("droplet_id")
         if droplet_id is not None and not self._droplet_exists(droplet_id):
             raise ProviderError(
-                # Worded unlike "reserved IP gone" (callers tell the two apart by the words).
+                # A plain ProviderError: only ReservedIpGoneError leads to a new address.
                 f"{what}: droplet {droplet_id} is gone from the DigitalOcean account "
                 "(deleted outside Dynia?)",
                 hint="`dynia cluster show --json` lists each node's provider_id: remove that "
@@ -775,10 +786,6 @@ class DigitalOceanNodeProvider:
             return True
 
         self._wait(f"reserved IP {ip.address} to be released", self.timeouts.action, delete)
-
-
-class ReservedIpGone(ProviderError):
-    """The reserved IP an operation needs is no longer on the account."""
 
 
 # What _post_action's submit answers besides an action: the address is already where it should

@@ -20,7 +20,13 @@ from typing import Any, ClassVar, Literal
 
 from dynia.errors import ProviderError, UsageError
 from dynia.paths import HomeLayout, resolve_home
-from dynia.providers.base import NetworkInfo, NodeSpec, ProvisionedNode, ReservedIpInfo
+from dynia.providers.base import (
+    NetworkInfo,
+    NodeSpec,
+    ProvisionedNode,
+    ReservedIpGoneError,
+    ReservedIpInfo,
+)
 from dynia.providers.local.engine import Docker, DockerCommandError, engine_location
 from dynia.providers.local.image import DEFAULT_LOCAL_IMAGE, check_local_image, ensure_node_image
 from dynia.ssh import SshError, key_body, run_ssh, write_known_hosts
@@ -429,8 +435,33 @@ class LocalNodeProvider:
         address = str(subnet.network_address + RESERVED_IP_HOST)
         return ReservedIpInfo(address=address, provider_id=f"vrrp:{network.name}:{address}")
 
+    def reserved_ip_exists(self, ip: ReservedIpInfo) -> bool:
+        """The address is the .250 of the cluster network: it exists while that network does
+        and still holds it (a network removed and made again has another subnet)."""
+        name = _reserved_ip_network(ip)
+        found = self.docker.inspect("network", [name]) if name else []
+        if not found:
+            return False
+        try:
+            subnet = ipaddress.ip_network(_network_info(found[0]).subnet)
+            return ipaddress.ip_address(ip.address) in subnet
+        except ValueError:
+            return False
+
     def attach_reserved_ip(self, ip: ReservedIpInfo, node_provider_id: str) -> None:
-        """Nothing to do: keepalived's election decides which node carries the address."""
+        """keepalived's election decides which node carries the address; only its network
+        must still be there."""
+        if not self.reserved_ip_exists(ip):
+            network = _reserved_ip_network(ip) or "of the cluster"
+            raise ReservedIpGoneError(
+                ip.address,
+                f"Reserved IP {ip.address} no longer exists: the Docker network {network} "
+                "that carried it is gone (removed outside Dynia), and the nodes' addresses "
+                "with it",
+                # Docker removes a network only once no container is on it: no node keeps it.
+                hint="a new address would reach no node: delete the cluster (`dynia cluster "
+                "delete`) and create it again",
+            )
 
     def detach_reserved_ip(self, ip: ReservedIpInfo) -> None:
         """Nothing to do: the address leaves a node when keepalived there stops being MASTER."""
@@ -447,6 +478,12 @@ class LocalNodeProvider:
             f"--label={LABEL_CLUSTER}={cluster}",
             f"--label={LABEL_KIND}={kind}",
         ]
+
+
+def _reserved_ip_network(ip: ReservedIpInfo) -> str:
+    """The network named in the provider id ``vrrp:<network>:<address>``; "" if none."""
+    parts = ip.provider_id.split(":")
+    return parts[1] if len(parts) == 3 and parts[0] == "vrrp" else ""
 
 
 def _network_info(network: dict[str, Any]) -> NetworkInfo:
