@@ -23,6 +23,7 @@ from dynia.state.models import (
     MASTER_PRIORITY,
     NODE_PROVISIONING,
     NODE_READY,
+    STATUS_PLANNED,
     Cluster,
     Network,
     Node,
@@ -184,16 +185,44 @@ def provision(
     plan_nodes(txn, cluster, count)
     create_planned_nodes(ctx, txn, cluster, provider, public_key)
     cluster.mark_step(STEP_NODES)
+    forget_lost_reserved_ip(ctx, cluster, provider)
     if cluster.reserved_ip is None:
-        # The provider returns a new address as soon as it exists, even while its first
-        # assignment still runs or after that failed (attach_reserved_ip finishes it), and it is
-        # saved at once: no later failure can leave an address on the account that state lacks.
+        # The provider returns a new address as soon as its create answered, without waiting
+        # for its first assignment (attach_reserved_ip finishes that), and it is saved before
+        # anything else runs: no later failure or Ctrl-C leaves an address state lacks.
         info = provider.allocate_reserved_ip(cluster.name, cluster.region)
         cluster.reserved_ip = ReservedIp(info.address, info.provider_id)
         cluster.mark_step(STEP_RESERVED_IP)
         txn.save()
         progress(f"Reserved IP {info.address} allocated")
     ensure_certificate(ctx.layout, txn, cluster)
+
+
+def forget_lost_reserved_ip(ctx: RunContext, cluster: Cluster, provider: NodeProvider) -> None:
+    """While a cluster is still being created, forget a Reserved IP its account lost.
+
+    A create cut short after the allocation leaves the address in state; released in the
+    control panel before the re-run, it would fail the attach at the end. Nothing outside
+    state names it yet (no route has a DNS record, the nodes get it from the render that
+    follows), so a new one is allocated in its place; a cluster past its plan keeps it, for
+    `dynia repair --force`, which also updates the routes' records.
+    """
+    if cluster.reserved_ip is None or not _still_planned(cluster):
+        return
+    lost = lost_reserved_ip(cluster, provider)
+    if lost is None:
+        return
+    ctx.progress(
+        f"Reserved IP {lost} no longer exists on the {provider.name} account (released "
+        "outside Dynia); allocating a new one in its place"
+    )
+    cluster.reserved_ip = None
+
+
+def _still_planned(cluster: Cluster) -> bool:
+    """The cluster is being created and no DNS record names its Reserved IP yet."""
+    published = any(route.dns_record_id for route in cluster.routes.values())
+    return cluster.status == STATUS_PLANNED and not published
 
 
 def ensure_certificate(layout: HomeLayout, txn: Transaction, cluster: Cluster) -> None:
@@ -261,12 +290,26 @@ def attach_reserved_ip(
             provider.attach_reserved_ip(info, master.provider_id)
         except ReservedIpGoneError as error:
             # The provider says what it was doing; the operator needs the way out.
-            raise reserved_ip_gone(info.address, provider.name) from error
+            raise _gone_while_attaching(cluster, info.address, provider.name) from error
     cluster.reserved_ip.attached_to = master.name
     ctx.probe.wait_for_reserved_ip(cluster)
     cluster.mark_step(STEP_ATTACH)
     txn.save()
     ctx.progress(f"Reserved IP {cluster.reserved_ip.address} answers; MASTER is {master.name}")
+
+
+def _gone_while_attaching(cluster: Cluster, address: str, provider: str) -> ReservedIpGoneError:
+    """repair refuses a cluster still being created; there, a re-run of its create replaces
+    the address (``forget_lost_reserved_ip``)."""
+    if not _still_planned(cluster):
+        return reserved_ip_gone(address, provider)
+    return ReservedIpGoneError(
+        address,
+        f"Reserved IP {address} no longer exists on the {provider} account (released outside "
+        "Dynia)",
+        hint="re-run the same `dynia cluster create` command: it allocates a new Reserved IP "
+        "and finishes the cluster",
+    )
 
 
 def reserved_ip_gone(address: str, provider: str) -> ReservedIpGoneError:

@@ -5,6 +5,8 @@ the provisioning step are the real ones; the fake only misbehaves as told.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -14,17 +16,19 @@ import test_digitalocean_provider
 from fakes import FakeDigitalOcean
 from sample_state import save_sample
 from test_digitalocean_provider import _provider, _spec
+from test_orchestration import KeepalivedProbe
 
 from dynia.errors import ProviderError
 from dynia.operations import infra
 from dynia.operations.run_context import RunContext
 from dynia.paths import HomeLayout
-from dynia.providers.base import ReservedIpInfo
-from dynia.providers.digitalocean.api import RetryPolicy
+from dynia.providers.base import ReservedIpGoneError, ReservedIpInfo
+from dynia.providers.digitalocean.api import DigitalOceanApi, RetryPolicy
 from dynia.providers.digitalocean.provider import DigitalOceanNodeProvider
 from dynia.runner import PlaybookResult
 from dynia.state import StateStore
 from dynia.state.models import MASTER_PRIORITY, NODE_READY, Cluster, Network, Node, ReservedIp
+from dynia.waiting import wait_until
 
 # The fake DigitalOcean, a provider on it and a public key (test_digitalocean_provider's).
 fake = test_digitalocean_provider.fake
@@ -87,31 +91,36 @@ def _master_droplet(ctx: RunContext) -> int:
 
 
 # -- bug: a slow or errored first assignment leaked a Reserved IP state never learned of -------
+# allocate_reserved_ip returns once the create answered; attach_reserved_ip finishes the move.
 
 
-def test_a_slow_first_assign_still_records_the_reserved_ip_and_the_rerun_makes_no_second(
-    fake: FakeDigitalOcean, key: str, tmp_path: Path
+def _actions_polled(fake: FakeDigitalOcean) -> int:
+    return len(fake.statuses("/v2/actions", "GET"))
+
+
+def test_a_slow_first_assign_is_not_waited_for_and_the_rerun_makes_no_second(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
 ) -> None:
-    provider, lines = _recording(fake)
     ctx = _nodes_made(tmp_path, provider, key)
-    fake.stall_actions = True  # DigitalOcean is slow today: the assign outlasts the wait
+    fake.stall_actions = True  # DigitalOcean is slow today: the assign outlasts any wait
+    polled = _actions_polled(fake)
 
     recorded = _provision(ctx, provider)
     assert list(fake.reserved_ips) == [recorded.address]  # the one on the account is in state
-    assert any("allocated but not yet assigned" in line for line in lines)
-
-    fake.resume_actions()
+    assert _actions_polled(fake) == polled  # recorded without waiting for its assignment
     assert _provision(ctx, provider) == recorded  # the re-run
     assert list(fake.reserved_ips) == [recorded.address]
 
+    # The rollout's attach waits while the first assign runs, then puts it on the MASTER.
+    threading.Timer(0.3, fake.resume_actions).start()
     info = ReservedIpInfo(recorded.address, recorded.provider_id)
-    provider.attach_reserved_ip(info, str(_master_droplet(ctx)))  # what the rollout does next
+    provider.attach_reserved_ip(info, str(_master_droplet(ctx)))
     assert fake.backend.assignments[recorded.address] == _master_droplet(ctx)
     provider.release_reserved_ip("prod", info)  # `cluster delete` releases the one in state
     assert fake.reserved_ips == {}
 
 
-def test_an_errored_first_assign_is_done_again_and_nothing_leaks(
+def test_an_errored_first_assign_is_done_by_the_attach_and_nothing_leaks(
     fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
 ) -> None:
     ctx = _nodes_made(tmp_path, provider, key)
@@ -120,11 +129,38 @@ def test_an_errored_first_assign_is_done_again_and_nothing_leaks(
     recorded = _provision(ctx, provider)
     assert _provision(ctx, provider) == recorded  # the re-run
     assert list(fake.reserved_ips) == [recorded.address]
-    holder = fake.reserved_ips[recorded.address]["droplet_id"]
-    assert holder in {int(n.provider_id) for n in ctx.store.load().clusters["prod"].nodes.values()}
 
-    provider.release_reserved_ip("prod", ReservedIpInfo(recorded.address, recorded.provider_id))
+    info = ReservedIpInfo(recorded.address, recorded.provider_id)
+    provider.attach_reserved_ip(info, str(_master_droplet(ctx)))  # what the rollout does next
+    assert fake.backend.assignments[recorded.address] == _master_droplet(ctx)
+    provider.release_reserved_ip("prod", info)
     assert fake.reserved_ips == {}
+
+
+def _ctrl_c(seconds: float) -> None:
+    raise KeyboardInterrupt  # the operator presses Ctrl-C at the run's first pause
+
+
+def test_ctrl_c_after_an_errored_first_assign_leaves_the_rerun_no_second_address(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    ctx = _nodes_made(tmp_path, provider, key)
+    fake.failing_actions = 1  # the assign that comes with the create errors
+    with contextlib.suppress(KeyboardInterrupt):  # however the first run ended
+        _provision(ctx, _provider(fake, sleep=_ctrl_c))
+    [made] = fake.reserved_ips
+    wait_until(
+        lambda: not fake.reserved_ips[made]["locked"], timeout=5, interval=0.02, what="the error"
+    )
+    assert fake.reserved_ips[made]["droplet_id"] is None  # unassigned, unlocked: not "ours"
+    stored = ctx.store.load().clusters["prod"].reserved_ip
+    assert stored is not None and stored.address == made  # the interrupted run recorded it
+
+    recorded = _provision(ctx, provider)  # the re-run
+    assert recorded.address == made
+    assert list(fake.reserved_ips) == [made]  # no second address on the account
+    provider.attach_reserved_ip(ReservedIpInfo(made, made), str(_master_droplet(ctx)))
+    assert fake.backend.assignments[made] == _master_droplet(ctx)
 
 
 def test_a_run_cut_off_after_the_create_was_accepted_leaves_the_rerun_that_address(
@@ -142,6 +178,47 @@ def test_a_run_cut_off_after_the_create_was_accepted_leaves_the_rerun_that_addre
     rerun = provider.allocate_reserved_ip("prod", "fra1")
     assert rerun.address == made
     assert list(fake.reserved_ips) == [made]
+
+
+# -- bug: a create re-run after the Reserved IP was released by hand ended at `repair --force`,
+# which refuses a cluster still being created -------------------------------------------------
+
+
+def _with_probe(ctx: RunContext, lines: list[str]) -> RunContext:
+    """``ctx`` with the node probe of test_orchestration and its progress collected."""
+    return dataclasses.replace(ctx, probe=KeepalivedProbe([]), progress=lines.append)
+
+
+def test_a_create_rerun_replaces_a_reserved_ip_released_by_hand_and_finishes(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    ctx = _with_probe(_nodes_made(tmp_path, provider, key), lines)
+    old = _provision(ctx, provider).address  # the run that was cut off after the allocation
+    with fake.lock:
+        del fake.reserved_ips[old]  # released in the control panel
+
+    new = _provision(ctx, provider).address  # the re-run of `cluster create`
+    assert new != old and list(fake.reserved_ips) == [new]
+    assert any(f"Reserved IP {old} no longer exists" in line for line in lines)
+    with ctx.store.transaction("cluster create") as txn:  # where the re-run's rollout ends
+        infra.attach_reserved_ip(ctx, txn, txn.state.clusters["prod"], provider)
+    assert fake.backend.assignments[new] == _master_droplet(ctx)
+
+
+def test_a_reserved_ip_lost_during_a_create_names_the_create_not_repair(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, key: str, tmp_path: Path
+) -> None:
+    ctx = _with_probe(_nodes_made(tmp_path, provider, key), [])
+    old = _provision(ctx, provider).address
+    with fake.lock:
+        del fake.reserved_ips[old]  # released while the rollout ran
+
+    with pytest.raises(ReservedIpGoneError) as raised, ctx.store.transaction("create") as txn:
+        infra.attach_reserved_ip(ctx, txn, txn.state.clusters["prod"], provider)
+    assert f"Reserved IP {old} no longer exists" in raised.value.message
+    hint = raised.value.hint or ""
+    assert "`dynia cluster create`" in hint and "repair" not in hint
 
 
 # -- bug: a lost answer to an assign or unassign was sent again blindly --------------------------
@@ -263,6 +340,82 @@ def test_a_droplet_without_tags_is_a_malformed_answer_not_a_key_error(
     assert "listing droplets of cluster prod" in caught.value.message
     assert "'tags'" in caught.value.message
     assert "re-run the same command" in (caught.value.hint or "")
+
+
+def test_a_droplet_tagged_by_hand_is_named_and_left_alone_not_a_malformed_answer(
+    fake: FakeDigitalOcean, key: str
+) -> None:
+    provider, lines = _recording(fake)
+    provider.create_node(_spec("ash-elk", key))
+    web = int(provider.create_node(_spec("web", key, cluster="other")).provider_id)
+    blank = int(provider.create_node(_spec("db", key, cluster="other")).provider_id)
+    with fake.lock:  # someone tagged two droplets of their own in the control panel
+        fake.droplets[web]["tags"] = ["dynia-cluster-prod"]
+        fake.droplets[blank]["tags"] = ["dynia-cluster-prod", "dynia-node-"]
+
+    # What `cluster delete` deletes as leftovers: Dynia's own nodes only, and it goes on.
+    assert [n.name for n in provider.list_nodes("prod")] == ["ash-elk"]
+    warnings = [line for line in lines if "no dynia-node-<name> tag" in line]
+    assert len(warnings) == 2
+    assert f"droplet {web} (other-web)" in warnings[0] + warnings[1]
+    assert f"droplet {blank} (other-db)" in warnings[0] + warnings[1]
+    assert all("remove the dynia-cluster-<cluster> tag" in line for line in warnings)
+    assert not any("status.digitalocean.com" in line for line in warnings)
+    assert {d["id"] for d in fake.droplets.values()} >= {web, blank}
+
+
+# -- bug: a 4xx that is not JSON (a proxy's page) was retried and blamed on the proxy ----------
+
+
+@pytest.mark.parametrize(
+    ("status", "told"),
+    [(401, "rejected the API token"), (403, "the DigitalOcean token may not do this")],
+)
+def test_a_401_or_403_page_from_a_proxy_names_the_token_at_once(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider, status: int, told: str
+) -> None:
+    page = f"<html>{status} Authorization Required</html>"
+    fake.malformed_answers(page, count=50, status=status, path_prefix="/v2/droplets")
+    with pytest.raises(ProviderError) as caught:
+        provider.list_nodes("prod")
+    assert told in caught.value.message
+    assert "DIGITALOCEAN_TOKEN" in (caught.value.hint or "")
+    assert "proxy" not in (caught.value.hint or "")
+    assert fake.statuses("/v2/droplets", "GET") == [status]  # refused once, not retried
+
+
+def test_a_400_page_to_a_create_is_a_refusal_sent_once(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider
+) -> None:
+    page = "<html>400 Bad Request</html>"
+    fake.malformed_answers(page, count=50, status=400, path_prefix="/v2/vpcs", method="POST")
+    with pytest.raises(ProviderError) as caught:
+        provider.ensure_network("prod")
+    assert "DigitalOcean refused creating VPC dynia-prod (HTTP 400" in caught.value.message
+    assert "remove the VPC in its way" in (caught.value.hint or "")
+    assert fake.statuses("/v2/vpcs", "POST") == [400]
+
+
+def test_a_422_page_to_a_post_without_a_lookup_is_a_refusal_not_maybe_done(
+    fake: FakeDigitalOcean,
+) -> None:
+    api = DigitalOceanApi(fake.token, api_url=fake.api_url, retry=RetryPolicy(attempts=3))
+    fake.malformed_answers("<html>422</html>", status=422, path_prefix="/v2/tags", method="POST")
+    with pytest.raises(ProviderError) as caught:
+        api.call("creating tag web", api.client.tags.create, body={"name": "web"})
+    assert "DigitalOcean refused creating tag web (HTTP 422" in caught.value.message
+    assert "may have taken effect" not in caught.value.message
+    assert "web" not in fake.tags
+
+
+def test_a_404_page_is_never_read_as_the_reserved_ip_gone(
+    fake: FakeDigitalOcean, provider: DigitalOceanNodeProvider
+) -> None:
+    rip = provider.allocate_reserved_ip("prod", "fra1")
+    fake.malformed_answers("<html>404</html>", count=50, status=404, path_prefix="/v2/reserved_ips")
+    with pytest.raises(ProviderError) as caught:
+        provider.reserved_ip_exists(rip)  # not False: that would allocate a replacement
+    assert "something other than its JSON" in caught.value.message
 
 
 def test_a_create_answered_with_json_cut_short_makes_exactly_one(fake: FakeDigitalOcean) -> None:

@@ -101,7 +101,10 @@ def _check_answer(pipeline_response: PipelineResponse) -> None:
 
     Runs before pydo (and azure's content decoding) read the body, so a proxy's HTML page or a
     cut-off body becomes one error that says which request got it, not a JSONDecodeError or an
-    AttributeError deep in the caller. 5xx and 429 answers keep their own retry path.
+    AttributeError deep in the caller. 5xx and 429 answers keep their own retry path. A 4xx
+    without JSON is still a refusal (a 401/403 names the token): it is raised as the
+    HttpResponseError pydo raises for one, whatever its body; only a 404 is not, since "not
+    found" from anything but DigitalOcean must never read as "the resource is gone".
     """
     response = pipeline_response.http_response
     status = response.status_code
@@ -115,10 +118,13 @@ def _check_answer(pipeline_response: PipelineResponse) -> None:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         value = None
-    if not isinstance(value, dict):
-        kind = response.headers.get("content-type") or "no content type"
-        snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
-        raise MalformedAnswer(method, status, f"{kind}: {snippet!r}")
+    if isinstance(value, dict):
+        return
+    if 400 <= status < 500 and status != 404:
+        raise HttpResponseError(response=response)
+    kind = response.headers.get("content-type") or "no content type"
+    snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
+    raise MalformedAnswer(method, status, f"{kind}: {snippet!r}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,8 @@ class DigitalOceanApi:
             try:
                 return operation(*args, **kwargs)
             except MalformedAnswer as exc:
-                safe = recover is not None or exc.method != "POST"
+                # A 404 page (any other 4xx is an HttpResponseError) means nothing was done.
+                safe = recover is not None or exc.method != "POST" or 400 <= exc.status < 500
                 delay, reason = self._malformed_retry(what, exc, attempt, deadline, safe)
             except HttpResponseError as exc:
                 delay, reason = self._http_retry(what, exc, attempt, deadline, refused)

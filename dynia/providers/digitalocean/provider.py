@@ -14,9 +14,11 @@ What it makes, and how it finds it again (so a re-run never duplicates anything)
 * a Reserved IP: reserved IPs carry no tags, so one is recognised as the cluster's while it is
   assigned to one of the cluster's droplets (a new one is created assigned to a cluster droplet
   when the cluster has any, for exactly that reason). ``allocate_reserved_ip`` returns a new one
-  as soon as it exists, so state learns of it before anything can fail; a slow or errored first
-  assignment is finished by ``attach_reserved_ip``. Every move reads the address first and
-  treats "already there" as done, so a lost answer never leads to a blind second action.
+  as soon as its create answered, without waiting for the assignment that create started, so
+  state learns of it before anything can fail; ``attach_reserved_ip`` finishes the move (it
+  waits while the first assignment runs and assigns again after one that errored). Every move
+  reads the address first and treats "already there" as done, so a lost answer never leads to
+  a blind second action.
 
 Host keys are pinned before first contact: the provider generates a bootstrap ed25519 host key
 pair locally and hands it to cloud-init in the user data (``ssh_keys``), so the public half is
@@ -439,12 +441,14 @@ class DigitalOceanNodeProvider:
         self._wait(f"SSH on node {node.name} ({node.public_ip})", self.timeouts.ssh, check)
 
     def _to_node(self, droplet: dict[str, Any]) -> ProvisionedNode:
-        tags = droplet.get("tags") or []
-        node = next(
-            (t.removeprefix("dynia-node-") for t in tags if t.startswith("dynia-node-")), ""
-        )
-        if not node:
-            raise malformed(f"reading droplet {droplet.get('id')}", "no dynia-node- tag")
+        tags = droplet["tags"]
+        node = _node_name(droplet)
+        if node is None:
+            raise ProviderError(
+                f"droplet {droplet['id']} ({droplet['name']}) has no dynia-node-<name> tag, "
+                "so it is no node Dynia made",
+                hint=_UNTAGGED_HINT,
+            )
         host_keys = [_host_key_from_tag(t) for t in tags if t.startswith("dynia-hostkey-")]
         return ProvisionedNode(
             name=node,
@@ -455,12 +459,22 @@ class DigitalOceanNodeProvider:
         )
 
     def list_nodes(self, cluster: str) -> list[ProvisionedNode]:
-        droplets = self._cluster_droplets(cluster)
-        nodes = [
-            self._to_node(d)
-            for d in droplets
-            if any(t.startswith("dynia-node-") for t in d["tags"])
-        ]
+        """The cluster's nodes: its droplets that carry a node tag.
+
+        Dynia tags every droplet it makes with its node's name; one carrying only the cluster
+        tag was tagged by hand. It is left out with a warning rather than failing the listing:
+        ``cluster delete`` deletes what this returns, and must go on without deleting it.
+        """
+        nodes = []
+        for droplet in self._cluster_droplets(cluster):
+            if _node_name(droplet) is None:
+                self._api.progress(
+                    f"warning: droplet {droplet['id']} ({droplet['name']}) carries tag "
+                    f"dynia-cluster-{cluster} but no dynia-node-<name> tag: Dynia did not make "
+                    f"it and leaves it alone; {_UNTAGGED_HINT}"
+                )
+                continue
+            nodes.append(self._to_node(droplet))
         return sorted(nodes, key=lambda n: n.name)
 
     def delete_node(self, cluster: str, provider_id: str) -> None:
@@ -489,9 +503,11 @@ class DigitalOceanNodeProvider:
     def allocate_reserved_ip(self, cluster: str, region: str) -> ReservedIpInfo:
         """The cluster's reserved IP: the one on a cluster droplet, else a new one.
 
-        A new one is returned as soon as it exists, even when its first assignment is slow or
-        errored: the caller records it at once and ``attach_reserved_ip`` finishes the move.
-        Failing here instead would lose the address, and the re-run would make a second.
+        A new one is returned as soon as DigitalOcean answers its create, before its first
+        assignment ended: the caller records it at once, and ``attach_reserved_ip`` (which waits
+        while an action runs on the address, and assigns it again after one errored) finishes
+        the move. Any wait here would leave an address on the account that state lacks when the
+        run is cut off, and the re-run would make a second.
         """
         droplets = self._cluster_droplets(cluster)
         ours = {d["id"] for d in droplets}
@@ -515,8 +531,6 @@ class DigitalOceanNodeProvider:
             "room for one more (Networking > Reserved IPs); then re-run the same command",
         )
         address = require(field(made, "reserved_ip", what), what, ip=str)["ip"]
-        if target is not None:
-            self._settle_new(address, target, made)
         return ReservedIpInfo(address=address, provider_id=address)
 
     def _held_reserved_ip(
@@ -524,10 +538,11 @@ class DigitalOceanNodeProvider:
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The reserved IP on one of the droplets ``ours``, and every reserved IP of the account.
 
-        A run cut off after DigitalOcean accepted its create leaves an address that is
-        unassigned and locked while its assign action runs, and recognisable as this cluster's
-        only once that action put it on the droplet: such addresses in the region are waited
-        for (bounded) before deciding that the cluster has none.
+        A create whose answer never came (the connection lost, the run cut off during it) may
+        have left an address state does not know, unassigned and locked while its assign action
+        runs, and recognisable as this cluster's only once that action put it on the droplet:
+        such addresses in the region are waited for (bounded) before deciding that the cluster
+        has none. Once the create answered, state holds the address and no re-run asks here.
         """
         rips = self._reserved_ips()
         held = _held_by(rips, ours)
@@ -573,27 +588,7 @@ class DigitalOceanNodeProvider:
             if r["ip"] not in before and not r["droplet"] and r["region"].get("slug") == region
         ]
         found = _held_by(rips, ours) or (fresh or [None])[0]
-        return None if found is None else {"reserved_ip": found, "recovered": True}
-
-    def _settle_new(self, address: str, target: int, made: dict[str, Any]) -> None:
-        """Wait until the new reserved IP is on ``target``, assigning it again when its first
-        action errored (or was not seen: a recovered create).
-
-        Any failure but the address vanishing is reported, not raised: the address exists and
-        must reach state; attaching it to the MASTER finishes the move.
-        """
-        what = "assigning the new reserved IP"
-        try:
-            ends = [self._action_end(action_id, what) for action_id in _action_ids(made)]
-            if not ends or "errored" in ends:
-                self._post_action(address, {"type": "assign", "droplet_id": target})
-        except ReservedIpGoneError:
-            raise
-        except ProviderError as exc:
-            self._api.progress(
-                f"reserved IP {address} is allocated but not yet assigned ({exc.message}); "
-                "it is assigned when the cluster's MASTER takes it"
-            )
+        return None if found is None else {"reserved_ip": found}
 
     def _get_reserved_ip(self, address: str) -> dict[str, Any] | None:
         what = f"reading reserved IP {address}"
@@ -803,15 +798,6 @@ def _moving_in(rip: dict[str, Any], region: str) -> bool:
     return bool(rip.get("locked")) and not rip["droplet"] and rip["region"].get("slug") == region
 
 
-def _action_ids(made: dict[str, Any]) -> list[int]:
-    """The ids of the actions a create answer links to (``links.actions``)."""
-    links = made.get("links")
-    actions = links.get("actions") if isinstance(links, dict) else None
-    if not isinstance(actions, list):
-        return []
-    return [a["id"] for a in actions if isinstance(a, dict) and isinstance(a.get("id"), int)]
-
-
 def _plan_ip_range(cluster: str, taken: list[str]) -> str:
     """A /24 for the cluster VPC in 10.100.0.0-10.199.255.0 that overlaps no existing VPC.
 
@@ -856,6 +842,19 @@ def _checked_droplet(droplet: dict[str, Any], what: str) -> dict[str, Any]:
     if not isinstance(droplet["region"].get("slug"), str):
         raise malformed(what, f"droplet {droplet['id']} without a region slug")
     return droplet
+
+
+# What to do about a droplet that carries a cluster tag but no node tag (tagged by hand).
+_UNTAGGED_HINT = (
+    "remove the dynia-cluster-<cluster> tag from that droplet (Droplets > Tags in the control "
+    "panel), or, if it is a node Dynia made, add back its dynia-node-<name> tag"
+)
+
+
+def _node_name(droplet: dict[str, Any]) -> str | None:
+    """The node name of the droplet's ``dynia-node-<name>`` tag; None without one."""
+    names = (t.removeprefix("dynia-node-") for t in droplet["tags"] if t.startswith("dynia-node-"))
+    return next((name for name in names if name), None)
 
 
 def _droplet_id(provider_id: str) -> int:
