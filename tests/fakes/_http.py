@@ -93,6 +93,8 @@ class _Route:
 class FakeApiServer:
     """Base of the fake APIs: subclasses add routes and shape error bodies."""
 
+    api_prefix = "/"  # the paths of the API's calls start with this
+
     def __init__(self, token: str, host: str = "127.0.0.1") -> None:
         self.token = token
         self.host = host
@@ -100,6 +102,7 @@ class FakeApiServer:
         self.lock = threading.RLock()
         self._routes: list[_Route] = []
         self._faults: list[Fault] = []
+        self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self.request_check: RequestCheck | None = None
         self.request_violations: list[str] = []  # requests refused by ``request_check``
         self._server: ThreadingHTTPServer | None = None
@@ -166,6 +169,30 @@ class FakeApiServer:
         """Hold the next ``count`` answers back ``seconds`` (the request itself is served)."""
         return self.inject(None, count=count, path_prefix=path_prefix, method=method, delay=seconds)
 
+    def malformed_answers(
+        self,
+        body: str,
+        *,
+        count: int = 1,
+        status: int = 200,
+        content_type: str = "text/html",
+        path_prefix: str | None = None,
+        method: str | None = None,
+        after_serving: bool = False,
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``body`` as it is (not an API body):
+        a proxy's HTML page, or ``content_type="application/json"`` with ``null`` or JSON cut
+        short. ``path_prefix`` defaults to the API's root (``api_prefix``). ``after_serving``:
+        the request takes effect first, then its answer is the raw body."""
+
+        def headers() -> dict[str, str]:
+            return {"content-type": content_type}
+
+        prefix = self.api_prefix if path_prefix is None else path_prefix
+        fault = Fault(status, count, prefix, method, body, headers, after_serving)
+        with self.lock:
+            self._malformed.append(fault)
+
     def clear_faults(self) -> None:
         with self.lock:
             self._faults.clear()
@@ -196,6 +223,20 @@ class FakeApiServer:
     # -- dispatch ------------------------------------------------------------------------------
 
     def dispatch(self, request: Request) -> tuple[str, Response]:
+        with self.lock:
+            raw = next(
+                (f for f in self._malformed if f.matches(request.method, request.path)), None
+            )
+            if raw is not None:
+                raw.remaining -= 1
+        if raw is not None:
+            template = self._template_of(request)
+            if raw.after_serving:
+                template, _ = self._checked_dispatch(request)
+            return template, Response(raw.status or 200, raw.message, headers=raw.headers())
+        return self._checked_dispatch(request)
+
+    def _checked_dispatch(self, request: Request) -> tuple[str, Response]:
         problem = self.request_check(request) if self.request_check else None
         if problem is not None:
             # A request the real API would not accept as described: refuse it loudly.

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._http import FakeApiServer, Fault, Request, Response, now_iso
+from ._http import FakeApiServer, Request, Response, now_iso
 
 PREFIX = "/client/v4"
 _ERRORS = {
@@ -73,6 +73,8 @@ def _envelope(result: Any, **extra: Any) -> dict[str, Any]:
 class FakeCloudflare(FakeApiServer):
     """The fake; point the SDK's ``base_url`` at ``base_url``."""
 
+    api_prefix = PREFIX
+
     def __init__(self, token: str = "cf_fake_" + uuid.uuid4().hex) -> None:
         super().__init__(token)
         self.zones: dict[str, dict[str, Any]] = {}
@@ -82,7 +84,6 @@ class FakeCloudflare(FakeApiServer):
         self._certificates_denied = False
         self._origin_key = ec.generate_private_key(ec.SECP256R1())
         self.origin_root = _origin_root(self._origin_key)
-        self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self._register_routes()
 
     @property
@@ -122,42 +123,6 @@ class FakeCloudflare(FakeApiServer):
         self.inject(
             status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
         )
-
-    def malformed_answers(
-        self,
-        body: str,
-        *,
-        count: int = 1,
-        status: int = 200,
-        content_type: str = "text/html",
-        path_prefix: str = PREFIX,
-        method: str | None = None,
-        after_serving: bool = False,
-    ) -> None:
-        """Answer the next ``count`` matching requests with ``body`` as it is (not an API body):
-        a proxy's HTML page, or ``content_type="application/json"`` with JSON cut short.
-        ``after_serving``: the request takes effect first, then its answer is the raw body."""
-
-        def headers() -> dict[str, str]:
-            return {"content-type": content_type}
-
-        fault = Fault(status, count, path_prefix, method, body, headers, after_serving)
-        with self.lock:
-            self._malformed.append(fault)
-
-    def dispatch(self, request: Request) -> tuple[str, Response]:
-        with self.lock:
-            fault = next(
-                (f for f in self._malformed if f.matches(request.method, request.path)), None
-            )
-            if fault is not None:
-                fault.remaining -= 1
-        if fault is None:
-            return super().dispatch(request)
-        template = self._template_of(request)
-        if fault.after_serving:
-            template, _ = super().dispatch(request)
-        return template, Response(fault.status or 200, fault.message, headers=fault.headers())
 
     def deny_certificates(self) -> None:
         """From now on the token lacks SSL and Certificates:Edit."""

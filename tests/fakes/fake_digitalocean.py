@@ -56,7 +56,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._http import FakeApiServer, Fault, Request, Response, now_iso
+from ._http import FakeApiServer, Request, Response, now_iso
 from ._openapi import OPENAPI_DIR, RequestCheck
 
 SPEC_FILE = OPENAPI_DIR / "digitalocean" / "subset.yaml"
@@ -305,6 +305,8 @@ def fingerprint_of(public_key: str) -> str:
 class FakeDigitalOcean(FakeApiServer):
     """The fake; use as a context manager, point the client at ``api_url``."""
 
+    api_prefix = "/v2/"
+
     def __init__(
         self,
         token: str = "dop_v1_fake_" + uuid.uuid4().hex,
@@ -328,7 +330,6 @@ class FakeDigitalOcean(FakeApiServer):
         self.droplet_limit = 25
         self.stall_actions = False
         self.failing_actions = 0  # the next N reserved-IP assign/unassign actions error
-        self._malformed: list[Fault] = []  # raw-body faults: ``message`` is the body sent
         self.backend_errors: list[str] = []
         self.metadata_ids: dict[str, int] = {}  # caller address -> droplet id, checked first
         self.droplets: dict[int, dict[str, Any]] = {}
@@ -408,43 +409,6 @@ class FakeDigitalOcean(FakeApiServer):
         self.inject(
             status, count=count, path_prefix=path_prefix, method=method, after_serving=after_serving
         )
-
-    def malformed_answers(
-        self,
-        body: str,
-        *,
-        count: int = 1,
-        status: int = 200,
-        content_type: str = "text/html",
-        path_prefix: str = "/v2/",
-        method: str | None = None,
-        after_serving: bool = False,
-    ) -> None:
-        """Answer the next ``count`` matching requests with ``body`` as it is (not an API body):
-        a proxy's HTML page, or ``content_type="application/json"`` with ``null`` or JSON cut
-        short. ``after_serving``: the request takes effect first, then its answer is the raw
-        body."""
-
-        def headers() -> dict[str, str]:
-            return {"content-type": content_type}
-
-        fault = Fault(status, count, path_prefix, method, body, headers, after_serving)
-        with self.lock:
-            self._malformed.append(fault)
-
-    def dispatch(self, request: Request) -> tuple[str, Response]:
-        with self.lock:
-            fault = next(
-                (f for f in self._malformed if f.matches(request.method, request.path)), None
-            )
-            if fault is not None:
-                fault.remaining -= 1
-        if fault is None:
-            return super().dispatch(request)
-        template = self._template_of(request)
-        if fault.after_serving:
-            template, _ = super().dispatch(request)
-        return template, Response(fault.status or 200, fault.message, headers=fault.headers())
 
     def resume_actions(self) -> None:
         """Stalled reserved-IP actions go on and complete (``stall_actions`` is switched off)."""
