@@ -129,15 +129,17 @@ def test_create_is_idempotent_by_name(local_nodes) -> None:
 def test_node_that_never_gets_ready_is_removed(node_image: str, tmp_path: Path) -> None:
     cluster = unique_prefix("slow")
     key = tmp_path / "id_ed25519"
-    public_key = generate_key_pair(key, "test")
-    provider = LocalNodeProvider(
-        image=node_image, private_key_for=lambda _c: key, ready_timeout=0.3
-    )
+    generate_key_pair(key, "test")
+    # The node authorizes another key than the private one Dynia logs in with (its .pub names
+    # the other): every login is refused, so it never becomes SSH-ready however fast it boots.
+    other_public_key = generate_key_pair(tmp_path / "other_ed25519", "other")
+    key.with_name(key.name + ".pub").write_text(other_public_key)
+    provider = LocalNodeProvider(image=node_image, private_key_for=lambda _c: key, ready_timeout=2)
     try:
         with pytest.raises(ProviderError) as caught:
-            provider.create_node(NodeSpec(cluster, "lazy-sloth", "local", "c", public_key))
+            provider.create_node(NodeSpec(cluster, "lazy-sloth", "local", "c", other_public_key))
         assert "'lazy-sloth'" in caught.value.message
-        assert "did not become SSH-ready within 0.3s" in caught.value.message
+        assert "did not become SSH-ready within 2s" in caught.value.message
         assert leftovers(cluster)["containers"] == [] and leftovers(cluster)["volumes"] == []
     finally:
         provider.delete_network(cluster)
